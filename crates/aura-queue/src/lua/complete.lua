@@ -1,0 +1,41 @@
+-- Records results of active jobs, in bulk. A result whose lease token is not the job's
+-- current one (lease expired and re-claimed, run cancelled) is refused: that is the fencing
+-- that makes each result recorded exactly once.
+-- KEYS[1]  P.."seq"
+-- ARGV[1]  P      ARGV[2]  WAKE      ARGV[3]  n, then per job: id, token, result
+-- Returns  per job: {1, ready_dependents, flow_state} when recorded,
+--          {0, reason} when refused.
+local P, WAKE, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local now = now_ms()
+local out = {}
+local done_by_lane = {}
+for i = 0, n - 1 do
+  local o = 4 + i * 3
+  local id, token = ARGV[o], ARGV[o + 1]
+  local jk = P .. 'j:' .. id
+  local f = redis.call('HMGET', jk, 'l', 's', 'q', 'f')
+  if f[2] == false or f[2] == nil then
+    out[#out + 1] = {0, 'unknown task'}
+  elseif f[2] ~= 'a' or f[1] ~= token then
+    if f[2] == 'x' then out[#out + 1] = {0, 'cancelled'} else out[#out + 1] = {0, 'stale lease'} end
+  else
+    local lane, flow = f[3], f[4]
+    redis.call('ZREM', P .. 'active', id)
+    redis.call('HSET', jk, 's', 'c', 'r', ARGV[o + 2], 'l', '', 'ft', now)
+    done_by_lane[lane] = (done_by_lane[lane] or 0) + 1
+    if flow and flow ~= '' then
+      local ready = {}
+      release_dependents(P, WAKE, id, now, false, ready, nil)
+      out[#out + 1] = {1, ready, settle_flow(P, flow, now, 1)}
+    else
+      redis.call('ZADD', P .. 'done', now, id)
+      out[#out + 1] = {1, {}, ''}
+    end
+  end
+end
+-- Counters once per lane, not once per job.
+for lane, count in pairs(done_by_lane) do
+  stat(P, lane, 'active', -count)
+  stat(P, lane, 'completed', count)
+end
+return out

@@ -1,0 +1,187 @@
+-- Shared functions, prepended to every queue script at load time (see scripts.rs).
+--
+-- Key layout (P is the partition prefix, e.g. "aura:{p0.0}:"; every key of a partition
+-- shares its hash tag, so each script runs on a single Redis Cluster slot):
+--   P.."seq"                    counter for FIFO order within a priority
+--   P.."lease"                  counter handing out lease tokens
+--   P.."j:"..id                 job hash (fields below)
+--   P.."q:"..lane..":wait"      ready jobs, score = priority band + sequence
+--   P.."q:"..lane..":delayed"   delayed jobs and retry backoffs, score = ready-at ms
+--   P.."q:"..lane..":dead"      dead letters, score = died-at ms
+--   P.."q:"..lane..":stats"     counters: active, completed, failed, dead
+--   P.."q:"..lane..":paused"    exists while the lane is paused
+--   P.."active"                 claimed jobs, score = lease deadline ms
+--   P.."done"                   finished plain jobs (for retention), score = finished ms
+--   P.."f:"..flow               flow (run) hash
+--   P.."runs"                   flows by creation ms (listing)
+--   P.."idem:"..key             idempotency key -> flow id
+-- Job hash fields: q lane, p priority, a attempts made, m max attempts, b backoff
+-- "initial_ms,multiplier,max_ms,jitter", t lease ms, d payload, s state, l lease token,
+-- e last error, r result, ts created, st started, ft finished; flow jobs also: f flow id,
+-- pa parent ids, n dependent ids (comma-separated), pc parents still pending, cf
+-- continue-on-failure flag.
+-- States: b blocked on parents, w waiting, d delayed, a active, c completed, f failed (dead),
+-- x cancelled, k skipped.
+
+local PRIO_MAX = 1000
+local SEQ_SPAN = 8796093022208 -- 2^43: (PRIO_MAX + 1) * 2^43 stays below 2^53
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function split(s)
+  local out = {}
+  if s == nil or s == false or s == '' then return out end
+  for part in string.gmatch(s, '[^,]+') do out[#out + 1] = part end
+  return out
+end
+
+local function lane_key(P, lane, what)
+  return P .. 'q:' .. lane .. ':' .. what
+end
+
+-- Wakes blocked claimers of a lane, but only on the empty -> non-empty transition: under
+-- load the lane is never empty, so this costs nothing on the hot path.
+local function wake_if_empty(P, WAKE, lane)
+  if redis.call('ZCARD', lane_key(P, lane, 'wait')) == 0 then
+    redis.call('PUBLISH', WAKE .. lane, '1')
+  end
+end
+
+local function push_ready(P, WAKE, id, lane, prio)
+  local seq = redis.call('INCR', P .. 'seq')
+  wake_if_empty(P, WAKE, lane)
+  redis.call('ZADD', lane_key(P, lane, 'wait'), (PRIO_MAX - prio) * SEQ_SPAN + (seq % SEQ_SPAN), id)
+end
+
+-- A delayed job that becomes the lane's earliest wakes claimers so they re-arm their timer.
+local function push_delayed(P, WAKE, id, lane, at)
+  local dkey = lane_key(P, lane, 'delayed')
+  local head = redis.call('ZRANGE', dkey, 0, 0, 'WITHSCORES')
+  redis.call('ZADD', dkey, at, id)
+  if head[2] == nil or tonumber(head[2]) > at then
+    redis.call('PUBLISH', WAKE .. lane, '1')
+  end
+end
+
+local function backoff_ms(spec, attempt, rand)
+  local parts = split(spec)
+  local initial = tonumber(parts[1]) or 2000
+  local mult = tonumber(parts[2]) or 2
+  local max = tonumber(parts[3]) or 300000
+  local jitter = tonumber(parts[4]) or 0
+  local delay = initial * (mult ^ (attempt - 1))
+  if delay > max then delay = max end
+  delay = delay * (1 + jitter * (2 * rand - 1))
+  if delay < 0 then delay = 0 end
+  return math.floor(delay)
+end
+
+local function stat(P, lane, field, by)
+  redis.call('HINCRBY', lane_key(P, lane, 'stats'), field, by)
+end
+
+-- Removes a job from whatever set holds it (by state) and marks it with `state`.
+local function retire(P, id, state, now)
+  local jk = P .. 'j:' .. id
+  local f = redis.call('HMGET', jk, 's', 'q')
+  local s, lane = f[1], f[2]
+  if s == 'w' then
+    redis.call('ZREM', lane_key(P, lane, 'wait'), id)
+  elseif s == 'd' then
+    redis.call('ZREM', lane_key(P, lane, 'delayed'), id)
+  elseif s == 'a' then
+    redis.call('ZREM', P .. 'active', id)
+    stat(P, lane, 'active', -1)
+  elseif s ~= 'b' then
+    return false
+  end
+  redis.call('HSET', jk, 's', state, 'l', '', 'ft', now)
+  return true
+end
+
+-- Ends a flow: every job not finished yet is cancelled (running ones lose their lease, so
+-- their results are refused).
+local function end_flow(P, flow, state, err, now)
+  local fk = P .. 'f:' .. flow
+  local cancelled = {}
+  for _, id in ipairs(split(redis.call('HGET', fk, 'jobs'))) do
+    if retire(P, id, 'x', now) then cancelled[#cancelled + 1] = id end
+  end
+  redis.call('HSET', fk, 'state', state, 'err', err, 'ft', now)
+  return cancelled
+end
+
+-- A flow job finished (completed, or failed with continue-on-failure): releases dependents
+-- whose parents are now all done (appending them to `ready`), or with `skip` marks every
+-- blocked dependent, transitively, as skipped (appending them to `skipped`).
+local function release_dependents(P, WAKE, id, now, skip, ready, skipped)
+  for _, dep in ipairs(split(redis.call('HGET', P .. 'j:' .. id, 'n'))) do
+    local dk = P .. 'j:' .. dep
+    if skip then
+      if redis.call('HGET', dk, 's') == 'b' then
+        redis.call('HSET', dk, 's', 'k', 'ft', now)
+        skipped[#skipped + 1] = dep
+        release_dependents(P, WAKE, dep, now, true, ready, skipped)
+      end
+    elseif redis.call('HINCRBY', dk, 'pc', -1) == 0 then
+      local d = redis.call('HMGET', dk, 's', 'q', 'p')
+      if d[1] == 'b' then
+        redis.call('HSET', dk, 's', 'w')
+        push_ready(P, WAKE, dep, d[2], tonumber(d[3]) or 0)
+        ready[#ready + 1] = dep
+      end
+    end
+  end
+end
+
+-- Counts `finished` jobs of a flow as done; the last one ends the flow as succeeded.
+-- Returns the flow's new final state, or '' while jobs remain.
+local function settle_flow(P, flow, now, finished)
+  local fk = P .. 'f:' .. flow
+  if redis.call('HINCRBY', fk, 'pending', -finished) <= 0 then
+    redis.call('HSET', fk, 'state', 'succeeded', 'ft', now)
+    return 'succeeded'
+  end
+  return ''
+end
+
+-- Records a failed attempt of an active job: retry with backoff, or dead-letter it (and,
+-- for a flow job, fail the flow unless the job continues on failure).
+-- Returns {kind, at_or_flow_state, list}: {'retry', at}, {'dead', flow_state, cancelled}.
+local function fail_job(P, WAKE, id, err, retryable, retry_after, rand, now)
+  local jk = P .. 'j:' .. id
+  local f = redis.call('HMGET', jk, 'q', 'p', 'a', 'm', 'b', 'f', 'cf')
+  local lane, prio, attempts, max = f[1], tonumber(f[2]) or 0, tonumber(f[3]) or 1, tonumber(f[4]) or 1
+  local flow = f[6]
+  redis.call('ZREM', P .. 'active', id)
+  stat(P, lane, 'active', -1)
+  stat(P, lane, 'failed', 1)
+  if retryable and attempts < max then
+    local delay = backoff_ms(f[5], attempts, rand)
+    if retry_after > delay then delay = retry_after end
+    redis.call('HSET', jk, 'e', err, 'l', '')
+    if delay > 0 then
+      redis.call('HSET', jk, 's', 'd')
+      push_delayed(P, WAKE, id, lane, now + delay)
+      return {'retry', now + delay, {}}
+    end
+    redis.call('HSET', jk, 's', 'w')
+    push_ready(P, WAKE, id, lane, prio)
+    return {'retry', now, {}}
+  end
+  redis.call('HSET', jk, 's', 'f', 'e', err, 'l', '', 'ft', now)
+  redis.call('ZADD', lane_key(P, lane, 'dead'), now, id)
+  stat(P, lane, 'dead', 1)
+  if not flow or flow == '' then return {'dead', '', {}} end
+  if f[7] == '1' then
+    local ready, skipped = {}, {}
+    release_dependents(P, WAKE, id, now, true, ready, skipped)
+    local state = settle_flow(P, flow, now, 1 + #skipped)
+    return {'dead', state, skipped}
+  end
+  local cancelled = end_flow(P, flow, 'failed', 'step ' .. id .. ' failed: ' .. err, now)
+  return {'dead', 'failed', cancelled}
+end

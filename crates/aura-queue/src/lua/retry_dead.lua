@@ -1,0 +1,40 @@
+-- Puts dead letters back in their lane with fresh attempts. A job of a failed flow re-opens
+-- the flow: jobs cancelled by the failure go back to blocked (or ready, if their parents
+-- are done).
+-- KEYS[1]  P.."seq"
+-- ARGV[1]  P      ARGV[2]  WAKE      ARGV[3]  lane      ARGV[4..]  job ids
+-- Returns  how many were put back.
+local P, WAKE, lane = ARGV[1], ARGV[2], ARGV[3]
+local dead = lane_key(P, lane, 'dead')
+local count = 0
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  if redis.call('ZREM', dead, id) == 1 then
+    local jk = P .. 'j:' .. id
+    local f = redis.call('HMGET', jk, 'p', 'f')
+    redis.call('HSET', jk, 's', 'w', 'a', 0, 'e', '', 'ft', '')
+    stat(P, lane, 'dead', -1)
+    push_ready(P, WAKE, id, lane, tonumber(f[1]) or 0)
+    count = count + 1
+    local flow = f[2]
+    if flow and flow ~= '' then
+      local fk = P .. 'f:' .. flow
+      if redis.call('HGET', fk, 'state') == 'failed' then
+        for _, jid in ipairs(split(redis.call('HGET', fk, 'jobs'))) do
+          local jkey = P .. 'j:' .. jid
+          local j = redis.call('HMGET', jkey, 's', 'pc', 'q', 'p')
+          if j[1] == 'x' then
+            if (tonumber(j[2]) or 0) > 0 then
+              redis.call('HSET', jkey, 's', 'b', 'ft', '')
+            else
+              redis.call('HSET', jkey, 's', 'w', 'a', 0, 'ft', '')
+              push_ready(P, WAKE, jid, j[3], tonumber(j[4]) or 0)
+            end
+          end
+        end
+        redis.call('HSET', fk, 'state', 'running', 'err', '', 'ft', '')
+      end
+    end
+  end
+end
+return count

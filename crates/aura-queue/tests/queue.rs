@@ -1,0 +1,414 @@
+//! The queue's semantics against a real redis-server (and a real 3-node cluster).
+
+use std::{collections::HashSet, time::Duration};
+
+use aura_common::redis::connect;
+use aura_queue::*;
+use aura_testkit::{RedisCluster, RedisServer, wait_until};
+use tokio_util::sync::CancellationToken;
+
+async fn queue_on(url: &str, partitions: usize) -> Queue {
+    let conn = connect(url).await.unwrap();
+    Queue::new(conn, url, Keyspace::new("aura", partitions), CancellationToken::new()).unwrap()
+}
+
+fn lanes(name: &str) -> Vec<String> {
+    vec![name.to_string()]
+}
+
+fn fast_retry(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        initial_backoff: Duration::from_millis(10),
+        multiplier: 2.0,
+        max_backoff: Duration::from_millis(50),
+        jitter: 0.0,
+    }
+}
+
+#[tokio::test]
+async fn duplicate_ids_create_one_job() {
+    let redis = RedisServer::start();
+    let q = queue_on(&redis.url(), 1).await;
+    assert!(q.enqueue(NewJob::new("a", "q", "1")).await.unwrap());
+    assert!(!q.enqueue(NewJob::new("a", "q", "2")).await.unwrap());
+    let created = q.enqueue_bulk(vec![NewJob::new("a", "q", "3"), NewJob::new("b", "q", "4")]).await.unwrap();
+    assert_eq!(created, vec![false, true]);
+    let claim = q.claim(&lanes("q"), 10).await.unwrap();
+    let payloads: Vec<_> = claim.jobs.iter().map(|j| String::from_utf8(j.payload.clone()).unwrap()).collect();
+    assert_eq!(payloads, vec!["1", "4"]);
+}
+
+#[tokio::test]
+async fn higher_priority_first_fifo_within_priority() {
+    let redis = RedisServer::start();
+    let q = queue_on(&redis.url(), 1).await;
+    let mut jobs = Vec::new();
+    for (id, prio) in [("l1", 0), ("h1", 10), ("l2", 0), ("h2", 10), ("m1", 5)] {
+        let mut job = NewJob::new(id, "q", id);
+        job.priority = prio;
+        jobs.push(job);
+    }
+    q.enqueue_bulk(jobs).await.unwrap();
+    let claim = q.claim(&lanes("q"), 10).await.unwrap();
+    let order: Vec<_> = claim.jobs.iter().map(|j| j.lease.id.as_str()).collect();
+    assert_eq!(order, vec!["h1", "h2", "m1", "l1", "l2"]);
+}
+
+#[tokio::test]
+async fn priority_out_of_range_is_rejected() {
+    let redis = RedisServer::start();
+    let q = queue_on(&redis.url(), 1).await;
+    let mut job = NewJob::new("x", "q", "");
+    job.priority = 1001;
+    assert!(matches!(q.enqueue(job).await, Err(QueueError::Invalid { field: "priority", .. })));
+    assert!(matches!(q.enqueue(NewJob::new("a,b", "q", "")).await, Err(QueueError::Invalid { field: "id", .. })));
+}
+
+#[tokio::test]
+async fn delayed_job_is_not_claimable_before_its_time() {
+    let redis = RedisServer::start();
+    let q = queue_on(&redis.url(), 1).await;
+    let mut job = NewJob::new("d", "q", "");
+    job.delay = Duration::from_millis(300);
+    q.enqueue(job).await.unwrap();
+    let claim = q.claim(&lanes("q"), 1).await.unwrap();
+    assert!(claim.jobs.is_empty());
+    assert!(claim.next_delayed_at_ms > 0);
+    assert_eq!(q.stats("q").await.unwrap().delayed, 1);
+    // A blocking claim wakes up by itself when the delay is due.
+    let jobs = q.claim_blocking(&lanes("q"), 1, Duration::from_secs(5), &CancellationToken::new()).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+}
+
+#[tokio::test]
+async fn blocking_claim_wakes_on_enqueue() {
+    let redis = RedisServer::start();
+    let q = queue_on(&redis.url(), 2).await;
+    let q2 = q.clone();
+    let waiter = tokio::spawn(async move {
+        q2.claim_blocking(&lanes("q"), 5, Duration::from_secs(20), &CancellationToken::new()).await.unwrap()
+    });
+    // Give the waiter time to block: whether it is blocking or not yet, it must get the job.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    q.enqueue(NewJob::new("w", "q", "")).await.unwrap();
+    let jobs = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken well before 20 s").unwrap();
+    assert_eq!(jobs.len(), 1);
+}
+
+#[tokio::test]
+async fn stale_lease_cannot_complete_after_reclaim() {
+    let redis = RedisServer::start();
+    let q = queue_on(&redis.url(), 1).await;
+    let mut job = NewJob::new("j", "q", "");
+    job.lease = Duration::from_millis(50);
+    job.retry = fast_retry(3);
+    job.retry.initial_backoff = Duration::ZERO;
+    q.enqueue(job).await.unwrap();
+    let first = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
+    // The lease runs out; the reaper hands the job back; another claimer takes it.
+    wait_until("lease expiry reaped", Duration::from_secs(5), || async { !q.reap(100).await.unwrap().is_empty() })
+        .await;
+    let second = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
+    assert_eq!(second.attempt, 2);
+    assert_ne!(first.lease.token, second.lease.token);
+    let stale = q.complete(vec![Completion { lease: first.lease.clone(), result: "old".into() }]).await.unwrap();
+    assert_eq!(stale, vec![CompleteOutcome::Refused("stale lease".into())]);
+    let fresh = q.complete(vec![Completion { lease: second.lease.clone(), result: "new".into() }]).await.unwrap();
+    assert!(matches!(fresh[0], CompleteOutcome::Recorded { .. }));
+    // And completing twice with the right token is refused too.
+    let again = q.complete(vec![Completion { lease: second.lease, result: "again".into() }]).await.unwrap();
+    assert_eq!(again, vec![CompleteOutcome::Refused("stale lease".into())]);
+    let stats = q.stats("q").await.unwrap();
+    assert_eq!((stats.completed, stats.active, stats.waiting), (1, 0, 0));
+}
+
+#[tokio::test]
+async fn retries_with_backoff_then_dead_letter_and_replay() {
+    let redis = RedisServer::start();
+    let q = queue_on(&redis.url(), 1).await;
+    let mut job = NewJob::new("r", "q", "p");
+    job.retry = fast_retry(3);
+    q.enqueue(job).await.unwrap();
+    let cancel = CancellationToken::new();
+    for attempt in 1..=3 {
+        let claimed = q.claim_blocking(&lanes("q"), 1, Duration::from_secs(5), &cancel).await.unwrap().remove(0);
+        assert_eq!(claimed.attempt, attempt);
+        let outcome = q
+            .fail(vec![Failure { lease: claimed.lease, error: format!("boom {attempt}"), retryable: true, retry_after: None }])
+            .await
+            .unwrap()
+            .remove(0);
+        if attempt < 3 {
+            assert!(matches!(outcome, FailOutcome::Retrying { .. }), "{outcome:?}");
+        } else {
+            assert_eq!(outcome, FailOutcome::Dead { flow_state: String::new(), affected: vec![] });
+        }
+    }
+    let stats = q.stats("q").await.unwrap();
+    assert_eq!((stats.dead, stats.failed, stats.waiting, stats.delayed), (1, 3, 0, 0));
+    let (dead, next) = q.dead_letters("q", (0, 0), 10).await.unwrap();
+    assert!(next.is_none());
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].error, "boom 3");
+    assert_eq!(dead[0].attempts, 3);
+    assert_eq!(q.retry_dead("q", None).await.unwrap(), 1);
+    let claimed = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
+    assert_eq!(claimed.attempt, 1, "a replayed dead letter starts with fresh attempts");
+}
+
+#[tokio::test]
+async fn non_retryable_failure_skips_remaining_attempts() {
+    let redis = RedisServer::start();
+    let q = queue_on(&redis.url(), 1).await;
+    q.enqueue(NewJob::new("n", "q", "")).await.unwrap();
+    let claimed = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
+    let outcome = q
+        .fail(vec![Failure { lease: claimed.lease, error: "bad input".into(), retryable: false, retry_after: None }])
+        .await
+        .unwrap();
+    assert!(matches!(outcome[0], FailOutcome::Dead { .. }));
+    assert_eq!(q.stats("q").await.unwrap().dead, 1);
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_and_backoff_grows() {
+    let redis = RedisServer::start();
+    let q = queue_on(&redis.url(), 1).await;
+    let mut job = NewJob::new("b", "q", "");
+    job.retry = RetryPolicy { jitter: 0.0, ..RetryPolicy::default() }; // 2 s, x2
+    q.enqueue(job).await.unwrap();
+    let before = now_ms();
+    let claimed = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
+    let out = q
+        .fail(vec![Failure { lease: claimed.lease, error: "e".into(), retryable: true, retry_after: None }])
+        .await
+        .unwrap()
+        .remove(0);
+    let FailOutcome::Retrying { at_ms } = out else { panic!("{out:?}") };
+    assert!(at_ms >= before + 2000, "first backoff is the seed's 2000 ms");
+    assert!(q.claim(&lanes("q"), 1).await.unwrap().jobs.is_empty(), "not before its backoff");
+    assert_eq!(RetryPolicy::default().backoff(2), Duration::from_secs(4));
+}
+
+#[tokio::test]
+async fn heartbeat_extends_and_reports_lost_leases() {
+    let redis = RedisServer::start();
+    let q = queue_on(&redis.url(), 1).await;
+    let mut job = NewJob::new("h", "q", "");
+    job.lease = Duration::from_millis(200);
+    q.enqueue(job).await.unwrap();
+    let claimed = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
+    let hb = q.heartbeat(vec![claimed.lease.clone()], Duration::from_secs(30)).await.unwrap();
+    assert!(matches!(hb[0], HeartbeatOutcome::Extended(d) if d > claimed.deadline_ms));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(q.reap(10).await.unwrap().is_empty(), "an extended lease is not reaped");
+    let bogus = Lease { token: "nope".into(), ..claimed.lease.clone() };
+    assert_eq!(q.heartbeat(vec![bogus], Duration::from_secs(1)).await.unwrap(), vec![HeartbeatOutcome::Lost]);
+}
+
+#[tokio::test]
+async fn paused_queue_is_not_claimed_until_resumed() {
+    let redis = RedisServer::start();
+    let q = queue_on(&redis.url(), 2).await;
+    q.pause("q").await.unwrap();
+    q.enqueue(NewJob::new("p", "q", "")).await.unwrap();
+    assert!(q.claim(&lanes("q"), 1).await.unwrap().jobs.is_empty());
+    let stats = q.stats("q").await.unwrap();
+    assert!(stats.paused);
+    assert_eq!(stats.waiting, 1);
+    q.resume("q").await.unwrap();
+    assert_eq!(q.claim(&lanes("q"), 1).await.unwrap().jobs.len(), 1);
+}
+
+#[tokio::test]
+async fn retention_trims_finished_jobs() {
+    let redis = RedisServer::start();
+    let q = queue_on(&redis.url(), 1).await;
+    let jobs = (0..20).map(|i| NewJob::new(format!("t{i}"), "q", "")).collect();
+    q.enqueue_bulk(jobs).await.unwrap();
+    let claimed = q.claim(&lanes("q"), 20).await.unwrap().jobs;
+    q.complete(claimed.into_iter().map(|j| Completion { lease: j.lease, result: String::new() }).collect())
+        .await
+        .unwrap();
+    assert_eq!(q.trim(5, Duration::from_secs(3600)).await.unwrap(), 15);
+    let mut conn = redis.client();
+    let left: Vec<String> = redis::cmd("KEYS").arg("aura:*j:*").query(&mut conn).unwrap();
+    assert_eq!(left.len(), 5);
+}
+
+fn flow_job(flow: &str, id: &str, parents: &[&str], dependents: &[&str]) -> FlowJob {
+    FlowJob {
+        id: format!("{flow}.{id}"),
+        queue: "q".into(),
+        payload: id.into(),
+        parents: parents.iter().map(|p| format!("{flow}.{p}")).collect(),
+        dependents: dependents.iter().map(|d| format!("{flow}.{d}")).collect(),
+        retry: fast_retry(1),
+        lease: Duration::from_secs(30),
+        continue_on_failure: false,
+    }
+}
+
+fn diamond(flow: &str, parents: usize) -> NewFlow {
+    let mut jobs = Vec::new();
+    let names: Vec<String> = (0..parents).map(|i| format!("p{i}")).collect();
+    for name in &names {
+        jobs.push(flow_job(flow, name, &[], &["join"]));
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    jobs.push(flow_job(flow, "join", &refs, &[]));
+    NewFlow {
+        id: flow.into(),
+        idempotency_key: String::new(),
+        idempotency_ttl: Duration::from_secs(60),
+        meta: "m".into(),
+        input: "{}".into(),
+        delay: Duration::ZERO,
+        priority: 0,
+        index: String::new(),
+        jobs,
+    }
+}
+
+#[tokio::test]
+async fn fan_in_is_enqueued_exactly_once_under_racing_parents() {
+    let redis = RedisServer::start();
+    let q = queue_on(&redis.url(), 1).await;
+    for round in 0..20 {
+        let flow = format!("f{round}");
+        q.start_flow(0, diamond(&flow, 8)).await.unwrap();
+        let parents = q.claim(&lanes("q"), 8).await.unwrap().jobs;
+        assert_eq!(parents.len(), 8);
+        // Complete all parents concurrently, each in its own call.
+        let handles: Vec<_> = parents
+            .into_iter()
+            .map(|job| {
+                let q = q.clone();
+                tokio::spawn(async move {
+                    q.complete(vec![Completion { lease: job.lease, result: "1".into() }]).await.unwrap().remove(0)
+                })
+            })
+            .collect();
+        let mut released = 0;
+        for handle in handles {
+            if let CompleteOutcome::Recorded { ready, .. } = handle.await.unwrap() {
+                released += ready.len();
+            }
+        }
+        assert_eq!(released, 1, "round {round}: join released exactly once");
+        let join = q.claim(&lanes("q"), 10).await.unwrap().jobs;
+        assert_eq!(join.len(), 1);
+        assert_eq!(join[0].parent_results.len(), 8);
+        let done = q.complete(vec![Completion { lease: join[0].lease.clone(), result: "j".into() }]).await.unwrap();
+        assert_eq!(done[0], CompleteOutcome::Recorded { ready: vec![], flow_state: "succeeded".into() });
+    }
+}
+
+#[tokio::test]
+async fn flow_idempotency_and_cancellation() {
+    let redis = RedisServer::start();
+    let q = queue_on(&redis.url(), 1).await;
+    let mut flow = diamond("a", 2);
+    flow.idempotency_key = "key-1".into();
+    assert!(q.start_flow(0, flow.clone()).await.unwrap().created);
+    let mut again = diamond("b", 2);
+    again.idempotency_key = "key-1".into();
+    assert_eq!(q.start_flow(0, again).await.unwrap(), FlowStart { created: false, flow_id: "a".into() });
+
+    let running = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
+    assert!(running.flow_started);
+    let (state, cancelled) = q.cancel_flow(0, "a", "user asked").await.unwrap();
+    assert_eq!(state, "cancelled");
+    assert_eq!(cancelled.len(), 3);
+    assert_eq!(q.heartbeat(vec![running.lease.clone()], Duration::from_secs(1)).await.unwrap(), vec![
+        HeartbeatOutcome::Cancelled
+    ]);
+    let refused = q.complete(vec![Completion { lease: running.lease, result: "x".into() }]).await.unwrap();
+    assert_eq!(refused, vec![CompleteOutcome::Refused("cancelled".into())]);
+    assert!(q.claim(&lanes("q"), 10).await.unwrap().jobs.is_empty());
+    assert_eq!(q.stats("q").await.unwrap().active, 0);
+}
+
+#[tokio::test]
+async fn failing_step_fails_flow_unless_it_continues_on_failure() {
+    let redis = RedisServer::start();
+    let q = queue_on(&redis.url(), 1).await;
+    // a -> b, a fails for good: b is cancelled, the flow fails.
+    let mut flow = diamond("f", 1);
+    flow.jobs[0].dependents = vec!["f.join".into()];
+    q.start_flow(0, flow).await.unwrap();
+    let a = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
+    let out = q.fail(vec![Failure { lease: a.lease, error: "x".into(), retryable: true, retry_after: None }]).await;
+    assert_eq!(out.unwrap()[0], FailOutcome::Dead { flow_state: "failed".into(), affected: vec!["f.join".into()] });
+
+    // Same with continue_on_failure: join is skipped and the flow still ends.
+    let mut flow = diamond("g", 1);
+    flow.jobs[0].continue_on_failure = true;
+    q.start_flow(0, flow).await.unwrap();
+    let a = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
+    let out = q.fail(vec![Failure { lease: a.lease, error: "x".into(), retryable: false, retry_after: None }]).await;
+    assert_eq!(out.unwrap()[0], FailOutcome::Dead { flow_state: "succeeded".into(), affected: vec!["g.join".into()] });
+}
+
+#[tokio::test]
+async fn concurrent_claimers_never_get_the_same_job() {
+    let redis = RedisServer::start();
+    let q = queue_on(&redis.url(), 2).await;
+    let jobs = (0..2000).map(|i| NewJob::new(format!("c{i}"), "q", "")).collect();
+    q.enqueue_bulk(jobs).await.unwrap();
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let jobs = q.claim(&lanes("q"), 37).await.unwrap().jobs;
+                    if jobs.is_empty() {
+                        return mine;
+                    }
+                    let done = jobs.iter().map(|j| Completion { lease: j.lease.clone(), result: String::new() });
+                    let outcomes = q.complete(done.collect()).await.unwrap();
+                    assert!(outcomes.iter().all(|o| matches!(o, CompleteOutcome::Recorded { .. })));
+                    mine.extend(jobs.into_iter().map(|j| j.lease.id));
+                }
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for h in handles {
+        for id in h.await.unwrap() {
+            total += 1;
+            seen.insert(id);
+        }
+    }
+    assert_eq!((total, seen.len()), (2000, 2000));
+    assert_eq!(q.stats("q").await.unwrap().completed, 2000);
+}
+
+#[tokio::test]
+async fn partitioned_queue_on_a_real_cluster_spreads_and_loses_nothing() {
+    let cluster = RedisCluster::start();
+    let q = queue_on(&cluster.url(), 3).await;
+    let jobs = (0..600).map(|i| NewJob::new(format!("k{i}"), "q", "")).collect();
+    assert!(q.enqueue_bulk(jobs).await.unwrap().into_iter().all(|c| c));
+    // Every node holds some of the queue's keys.
+    for node in &cluster.nodes {
+        let keys: i64 = redis::cmd("DBSIZE").query(&mut node.client()).unwrap();
+        assert!(keys > 50, "node {} holds {keys} keys", node.port());
+    }
+    // A flow (multi-key script) works on the cluster too.
+    q.start_flow(1, diamond("cf", 3)).await.unwrap();
+    let mut ids = HashSet::new();
+    loop {
+        let jobs = q.claim(&lanes("q"), 100).await.unwrap().jobs;
+        if jobs.is_empty() {
+            break;
+        }
+        let done = jobs.iter().map(|j| Completion { lease: j.lease.clone(), result: String::new() }).collect();
+        q.complete(done).await.unwrap();
+        ids.extend(jobs.into_iter().map(|j| j.lease.id));
+    }
+    assert_eq!(ids.len(), 604);
+}
