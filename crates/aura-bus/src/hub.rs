@@ -1,0 +1,347 @@
+//! Subscriptions: one Redis pattern subscription per distinct pattern per process, shared
+//! by every local subscriber, with bounded per-subscriber buffers.
+//!
+//! A subscriber is registered for live events *before* its history is read, so nothing
+//! published in between is missed; live events at or before the last replayed offset are
+//! dropped, so nothing is seen twice. After a Redis reconnect, subscribers of a concrete
+//! topic replay what they missed from the stream.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Bus, BusError, EventRecord, Offset, Pattern};
+
+/// Where a subscription starts.
+#[derive(Clone, Debug)]
+pub enum Start {
+    /// Only events published from now on.
+    Live,
+    /// The whole retained history of the single concrete topic, then live.
+    Beginning,
+    /// Events after this offset of the single concrete topic, then live.
+    After(Offset),
+}
+
+struct LocalSub {
+    patterns: Vec<Pattern>,
+    tx: mpsc::Sender<EventRecord>,
+    lagged: Arc<AtomicBool>,
+}
+
+struct Inner {
+    bus: Bus,
+    subs: Mutex<HashMap<u64, LocalSub>>,
+    globs: Mutex<HashMap<String, usize>>,
+    commands: mpsc::UnboundedSender<Command>,
+    reconnects: watch::Sender<u64>,
+    next_id: AtomicU64,
+    buffer: usize,
+}
+
+enum Command {
+    Subscribe(String),
+    Unsubscribe(String),
+}
+
+/// The subscription hub of one process. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+impl Hub {
+    /// Starts the hub's Redis connection task. `buffer` bounds each subscriber's queue.
+    pub fn start(bus: Bus, redis_url: &str, buffer: usize, shutdown: CancellationToken) -> Result<Self, BusError> {
+        let client = aura_common::redis::client(redis_url)?;
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            bus,
+            subs: Mutex::new(HashMap::new()),
+            globs: Mutex::new(HashMap::new()),
+            commands,
+            reconnects: watch::channel(0).0,
+            next_id: AtomicU64::new(1),
+            buffer,
+        });
+        tokio::spawn(run_connection(inner.clone(), client, command_rx, shutdown));
+        Ok(Hub { inner })
+    }
+
+    /// Number of local subscribers.
+    pub fn subscriber_count(&self) -> usize {
+        self.inner.subs.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Number of Redis pattern subscriptions held.
+    pub fn redis_pattern_count(&self) -> usize {
+        self.inner.globs.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Subscribes. The returned receiver yields events in order per topic and ends with an
+    /// error when the subscriber lagged or history could not be resumed. Dropping it
+    /// unsubscribes.
+    pub fn subscribe(
+        &self,
+        patterns: Vec<Pattern>,
+        start: Start,
+        output_buffer: usize,
+    ) -> Result<mpsc::Receiver<Result<EventRecord, BusError>>, BusError> {
+        if patterns.is_empty() {
+            return Err(BusError::Invalid("at least one pattern is required".into()));
+        }
+        let resume_topic = match (&start, patterns.as_slice()) {
+            (Start::Live, _) => None,
+            (_, [single]) if single.is_concrete() => Some(single.as_topic()),
+            _ => {
+                return Err(BusError::Invalid(
+                    "from_offset / from_beginning need exactly one concrete topic (no wildcards)".into(),
+                ));
+            }
+        };
+        let (live_tx, live_rx) = mpsc::channel(self.inner.buffer);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let globs: Vec<String> = patterns.iter().map(|p| p.redis_glob(&self.inner.bus.channel_prefix())).collect();
+        {
+            let mut subs = self.inner.subs.lock().unwrap_or_else(|p| p.into_inner());
+            subs.insert(id, LocalSub { patterns, tx: live_tx, lagged: lagged.clone() });
+        }
+        self.acquire(&globs);
+        let (out_tx, out_rx) = mpsc::channel(output_buffer);
+        let guard = SubGuard { hub: self.clone(), id, globs };
+        let reconnects = self.inner.reconnects.subscribe();
+        tokio::spawn(forward(self.inner.bus.clone(), guard, start, resume_topic, live_rx, lagged, out_tx, reconnects));
+        Ok(out_rx)
+    }
+
+    fn acquire(&self, globs: &[String]) {
+        let mut map = self.inner.globs.lock().unwrap_or_else(|p| p.into_inner());
+        for glob in globs {
+            let count = map.entry(glob.clone()).or_insert(0);
+            *count += 1;
+            if *count == 1 {
+                let _ = self.inner.commands.send(Command::Subscribe(glob.clone()));
+            }
+        }
+    }
+
+    fn release(&self, id: u64, globs: &[String]) {
+        self.inner.subs.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        let mut map = self.inner.globs.lock().unwrap_or_else(|p| p.into_inner());
+        for glob in globs {
+            if let Some(count) = map.get_mut(glob) {
+                *count -= 1;
+                if *count == 0 {
+                    map.remove(glob);
+                    let _ = self.inner.commands.send(Command::Unsubscribe(glob.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Unregisters a subscriber when its forwarding task ends, however it ends.
+struct SubGuard {
+    hub: Hub,
+    id: u64,
+    globs: Vec<String>,
+}
+
+impl Drop for SubGuard {
+    fn drop(&mut self) {
+        self.hub.release(self.id, &self.globs);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    bus: Bus,
+    _guard: SubGuard,
+    start: Start,
+    resume_topic: Option<String>,
+    mut live: mpsc::Receiver<EventRecord>,
+    lagged: Arc<AtomicBool>,
+    out: mpsc::Sender<Result<EventRecord, BusError>>,
+    mut reconnects: watch::Receiver<u64>,
+) {
+    // Last offset delivered per topic: the resume position, and the duplicate filter.
+    let mut last: Option<Offset> = match &start {
+        Start::After(offset) => Some(offset.clone()),
+        _ => None,
+    };
+    let mut last_any = String::new();
+    if let Some(topic) = &resume_topic
+        && !replay(&bus, topic, &mut last, &out).await
+    {
+        return;
+    }
+    loop {
+        tokio::select! {
+            event = live.recv() => {
+                let Some(event) = event else {
+                    if lagged.load(Ordering::Relaxed) {
+                        let resume_from = last.as_ref().map(ToString::to_string).unwrap_or(last_any.clone());
+                        let _ = out.send(Err(BusError::Lagged { resume_from })).await;
+                    }
+                    return;
+                };
+                if resume_topic.is_some() {
+                    if let Some(prev) = &last {
+                        if prev.epoch == event.offset.epoch && event.offset.n <= prev.n {
+                            continue;
+                        }
+                        if prev.epoch != event.offset.epoch {
+                            let _ = out.send(Err(BusError::EpochChanged {
+                                topic: event.topic.clone(),
+                                requested: prev.epoch.clone(),
+                                current: event.offset.epoch.clone(),
+                            })).await;
+                            return;
+                        }
+                    }
+                    last = Some(event.offset.clone());
+                }
+                last_any = event.offset.to_string();
+                if out.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            changed = reconnects.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if let Some(topic) = &resume_topic
+                    && !replay(&bus, topic, &mut last, &out).await
+                {
+                    return;
+                }
+            }
+            _ = out.closed() => return,
+        }
+    }
+}
+
+/// Sends everything of `topic` after `last` from history; false when the subscription must
+/// end (error sent, or client gone).
+async fn replay(
+    bus: &Bus,
+    topic: &str,
+    last: &mut Option<Offset>,
+    out: &mpsc::Sender<Result<EventRecord, BusError>>,
+) -> bool {
+    loop {
+        match bus.history(topic, last.as_ref(), 500).await {
+            Ok((events, more)) => {
+                for event in events {
+                    *last = Some(event.offset.clone());
+                    if out.send(Ok(event)).await.is_err() {
+                        return false;
+                    }
+                }
+                if !more {
+                    return true;
+                }
+            }
+            Err(BusError::Redis(err)) if aura_common::redis::is_unavailable(&err) => {
+                // Redis is away: the reconnect notification will trigger another replay.
+                return true;
+            }
+            Err(err) => {
+                let _ = out.send(Err(err)).await;
+                return false;
+            }
+        }
+    }
+}
+
+async fn run_connection(
+    inner: Arc<Inner>,
+    client: redis::Client,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let session = async {
+            let (mut sink, mut stream) = client.get_async_pubsub().await?.split();
+            let globs: Vec<String> = inner.globs.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+            for glob in globs {
+                sink.psubscribe(glob).await?;
+            }
+            inner.reconnects.send_modify(|n| *n += 1);
+            loop {
+                tokio::select! {
+                    cmd = commands.recv() => match cmd {
+                        Some(Command::Subscribe(glob)) => sink.psubscribe(glob).await?,
+                        Some(Command::Unsubscribe(glob)) => sink.punsubscribe(glob).await?,
+                        None => return Ok(()),
+                    },
+                    msg = stream.next() => match msg {
+                        Some(msg) => dispatch(&inner, msg),
+                        None => return Ok::<_, redis::RedisError>(()),
+                    },
+                }
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = session => match result {
+                Ok(()) => tracing::warn!("event subscription connection closed; reconnecting"),
+                Err(err) => tracing::warn!(%err, "event subscription connection failed; reconnecting"),
+            },
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+fn dispatch(inner: &Inner, msg: redis::Msg) {
+    let prefix = inner.bus.channel_prefix();
+    let channel = msg.get_channel_name();
+    let Some(topic) = channel.strip_prefix(prefix.as_str()) else { return };
+    let Ok(body) = msg.get_payload::<String>() else { return };
+    let mut parts = body.splitn(5, '|');
+    let (Some(epoch), Some(n), Some(time), Some(event_type), Some(payload)) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return;
+    };
+    let (Ok(n), Ok(time_ms)) = (n.parse(), time.parse()) else { return };
+    let event = EventRecord {
+        topic: topic.to_string(),
+        event_type: event_type.to_string(),
+        payload: serde_json::from_str(payload).unwrap_or(serde_json::Value::Null),
+        time_ms,
+        offset: Offset { epoch: epoch.to_string(), n },
+    };
+    let mut subs = inner.subs.lock().unwrap_or_else(|p| p.into_inner());
+    let mut cut_off = Vec::new();
+    for (id, sub) in subs.iter() {
+        if !sub.patterns.iter().any(|p| p.matches(topic)) {
+            continue;
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) = sub.tx.try_send(event.clone()) {
+            // A slow subscriber never slows the others: it is cut off and told to resume.
+            sub.lagged.store(true, Ordering::Relaxed);
+            cut_off.push(*id);
+        }
+    }
+    for id in cut_off {
+        // Dropping the sender ends its live channel; its forwarder reports the lag. The
+        // glob refcounts are released by its guard.
+        subs.remove(&id);
+    }
+}

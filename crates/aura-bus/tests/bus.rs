@@ -1,0 +1,176 @@
+//! The event bus against a real redis-server.
+
+use std::time::Duration;
+
+use aura_bus::{Bus, BusError, Offset, Pattern, Retention, hub::{Hub, Start}};
+use aura_common::redis::connect;
+use aura_testkit::{RedisServer, wait_until};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+async fn setup(redis: &RedisServer, retention: Retention) -> (Bus, Hub) {
+    let conn = connect(&redis.url()).await.unwrap();
+    let bus = Bus::new(conn, "aura", retention);
+    let hub = Hub::start(bus.clone(), &redis.url(), 256, CancellationToken::new()).unwrap();
+    (bus, hub)
+}
+
+fn patterns(p: &[&str]) -> Vec<Pattern> {
+    p.iter().map(|p| Pattern::parse(p).unwrap()).collect()
+}
+
+async fn wait_subscribed(hub: &Hub, bus: &Bus) {
+    // The hub subscribes asynchronously; publish probes until one arrives.
+    let mut probe = hub.subscribe(patterns(&["probe.x"]), Start::Live, 16).unwrap();
+    loop {
+        bus.publish("probe.x", "probe", &json!({})).await.unwrap();
+        if tokio::time::timeout(Duration::from_millis(50), probe.recv()).await.is_ok() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn many_subscribers_get_every_event_in_order_over_one_redis_subscription() {
+    let redis = RedisServer::start();
+    let (bus, hub) = setup(&redis, Retention::default()).await;
+    let mut subs: Vec<_> = (0..1000).map(|_| hub.subscribe(patterns(&["orders.*"]), Start::Live, 256).unwrap()).collect();
+    wait_until("one shared redis subscription", Duration::from_secs(5), || async { hub.redis_pattern_count() == 1 })
+        .await;
+    wait_subscribed(&hub, &bus).await;
+    for i in 0..50 {
+        bus.publish("orders.eu", "created", &json!({"i": i})).await.unwrap();
+    }
+    for sub in subs.iter_mut() {
+        for i in 0..50 {
+            let event = sub.recv().await.unwrap().unwrap();
+            assert_eq!(event.payload["i"], i);
+        }
+    }
+    let mut conn = redis.client();
+    let numpat: i64 = redis::cmd("PUBSUB").arg("NUMPAT").query(&mut conn).unwrap();
+    assert!(numpat <= 3, "pattern subscriptions on redis: {numpat}");
+}
+
+#[tokio::test]
+async fn resume_from_offset_has_no_gap_and_no_duplicate() {
+    let redis = RedisServer::start();
+    let (bus, hub) = setup(&redis, Retention::default()).await;
+    let mut first = hub.subscribe(patterns(&["t.a"]), Start::Beginning, 64).unwrap();
+    for i in 0..10 {
+        bus.publish("t.a", "n", &json!({"i": i})).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut last: Option<Offset> = None;
+    for _ in 0..4 {
+        let e = first.recv().await.unwrap().unwrap();
+        seen.push(e.payload["i"].as_i64().unwrap());
+        last = Some(e.offset);
+    }
+    drop(first);
+    // While disconnected, more events are published.
+    let publisher = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            for i in 10..200 {
+                bus.publish("t.a", "n", &json!({"i": i})).await.unwrap();
+            }
+        })
+    };
+    let mut second = hub.subscribe(patterns(&["t.a"]), Start::After(last.unwrap()), 64).unwrap();
+    while seen.len() < 200 {
+        let e = second.recv().await.unwrap().unwrap();
+        seen.push(e.payload["i"].as_i64().unwrap());
+    }
+    publisher.await.unwrap();
+    assert_eq!(seen, (0..200).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn slow_subscriber_is_cut_off_with_a_resume_offset_while_fast_one_gets_all() {
+    let redis = RedisServer::start();
+    let conn = connect(&redis.url()).await.unwrap();
+    let bus = Bus::new(conn, "aura", Retention::default());
+    let hub = Hub::start(bus.clone(), &redis.url(), 8, CancellationToken::new()).unwrap();
+    let mut slow = hub.subscribe(patterns(&["s.x"]), Start::Live, 1).unwrap();
+    let mut fast = hub.subscribe(patterns(&["s.x"]), Start::Live, 1024).unwrap();
+    wait_subscribed(&hub, &bus).await;
+    let fast_reader = tokio::spawn(async move {
+        let mut n = 0;
+        while n < 500 {
+            fast.recv().await.unwrap().unwrap();
+            n += 1;
+        }
+        n
+    });
+    for i in 0..500 {
+        bus.publish("s.x", "n", &json!({"i": i})).await.unwrap();
+    }
+    assert_eq!(fast_reader.await.unwrap(), 500);
+    let mut got = 0;
+    let err = loop {
+        match slow.recv().await.expect("ends with an error, not silently") {
+            Ok(_) => got += 1,
+            Err(err) => break err,
+        }
+    };
+    assert!(got < 500);
+    assert!(matches!(err, BusError::Lagged { .. }), "{err}");
+    drop(slow);
+    wait_until("every subscriber released", Duration::from_secs(5), || async { hub.subscriber_count() == 0 }).await;
+}
+
+#[tokio::test]
+async fn trimmed_offset_is_out_of_range_and_lost_history_changes_epoch() {
+    let redis = RedisServer::start();
+    let retention = Retention { max_len: 10, max_age: Duration::from_secs(3600) };
+    let (bus, _hub) = setup(&redis, retention).await;
+    let first = bus.publish("h.t", "n", &json!({})).await.unwrap();
+    // MAXLEN ~ trims whole stream nodes (100 entries); flood far past that.
+    for _ in 0..500 {
+        bus.publish("h.t", "n", &json!({})).await.unwrap();
+    }
+    let err = bus.history("h.t", Some(&first), 10).await.unwrap_err();
+    assert!(matches!(err, BusError::OutOfRange { .. }), "{err}");
+    let mut conn = redis.client();
+    let () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
+    bus.publish("h.t", "n", &json!({})).await.unwrap();
+    let err = bus.history("h.t", Some(&first), 10).await.unwrap_err();
+    assert!(matches!(err, BusError::EpochChanged { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn live_delivery_resumes_after_redis_restart_and_replay_closes_the_gap() {
+    let mut redis = RedisServer::start_with(aura_testkit::Persistence::AofAlways, &[]);
+    let (bus, hub) = setup(&redis, Retention::default()).await;
+    let mut sub = hub.subscribe(patterns(&["r.x"]), Start::Beginning, 1024).unwrap();
+    bus.publish("r.x", "n", &json!({"i": 0})).await.unwrap();
+    assert_eq!(sub.recv().await.unwrap().unwrap().payload["i"], 0);
+    redis.restart();
+    // Publishing succeeds again once the connection manager reconnects.
+    let mut i = 1;
+    wait_until("publish after restart", Duration::from_secs(10), || {
+        let bus = bus.clone();
+        async move { bus.publish("r.x", "n", &json!({"i": 1})).await.is_ok() }
+    })
+    .await;
+    for j in 2..10 {
+        bus.publish("r.x", "n", &json!({"i": j})).await.unwrap();
+    }
+    while i < 10 {
+        let e = tokio::time::timeout(Duration::from_secs(10), sub.recv()).await.unwrap().unwrap().unwrap();
+        assert_eq!(e.payload["i"], i);
+        i += 1;
+    }
+}
+
+#[tokio::test]
+async fn bad_input_is_rejected() {
+    let redis = RedisServer::start();
+    let (bus, hub) = setup(&redis, Retention::default()).await;
+    assert!(matches!(bus.publish("", "t", &json!({})).await, Err(BusError::Invalid(_))));
+    assert!(matches!(bus.publish("a..b", "t", &json!({})).await, Err(BusError::Invalid(_))));
+    assert!(Pattern::parse("a.>.c").is_err());
+    assert!("garbage".parse::<Offset>().is_err());
+    assert!(matches!(hub.subscribe(patterns(&["a.*"]), Start::Beginning, 1), Err(BusError::Invalid(_))));
+}
