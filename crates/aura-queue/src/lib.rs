@@ -141,7 +141,8 @@ impl Queue {
                 .arg(&job.payload)
                 .arg(job.parents.join(","))
                 .arg(job.dependents.join(","))
-                .arg(if job.continue_on_failure { "1" } else { "0" });
+                .arg(if job.continue_on_failure { "1" } else { "0" })
+                .arg(job.release_delay.as_millis() as u64);
         }
         let mut conn = self.conn.clone();
         let (created, id): (i64, String) = inv.invoke_async(&mut conn).await?;

@@ -144,6 +144,8 @@ pub struct FlowJob {
     pub lease: Duration,
     /// When it fails for good, skip its dependents instead of failing the flow.
     pub continue_on_failure: bool,
+    /// Once ready, wait this long before it can be claimed (durable delays).
+    pub release_delay: Duration,
 }
 
 /// A flow to create.

@@ -247,6 +247,7 @@ fn flow_job(flow: &str, id: &str, parents: &[&str], dependents: &[&str]) -> Flow
         retry: fast_retry(1),
         lease: Duration::from_secs(30),
         continue_on_failure: false,
+        release_delay: Duration::ZERO,
     }
 }
 

@@ -19,7 +19,7 @@
 -- "initial_ms,multiplier,max_ms,jitter", t lease ms, d payload, s state, l lease token,
 -- e last error, r result, ts created, st started, ft finished; flow jobs also: f flow id,
 -- pa parent ids, n dependent ids (comma-separated), pc parents still pending, cf
--- continue-on-failure flag.
+-- continue-on-failure flag, dl delay once ready (ms).
 -- States: b blocked on parents, w waiting, d delayed, a active, c completed, f failed (dead),
 -- x cancelled, k skipped.
 
@@ -127,10 +127,16 @@ local function release_dependents(P, WAKE, id, now, skip, ready, skipped)
         release_dependents(P, WAKE, dep, now, true, ready, skipped)
       end
     elseif redis.call('HINCRBY', dk, 'pc', -1) == 0 then
-      local d = redis.call('HMGET', dk, 's', 'q', 'p')
+      local d = redis.call('HMGET', dk, 's', 'q', 'p', 'dl')
       if d[1] == 'b' then
-        redis.call('HSET', dk, 's', 'w')
-        push_ready(P, WAKE, dep, d[2], tonumber(d[3]) or 0)
+        local dl = tonumber(d[4]) or 0
+        if dl > 0 then
+          redis.call('HSET', dk, 's', 'd')
+          push_delayed(P, WAKE, dep, d[2], now + dl)
+        else
+          redis.call('HSET', dk, 's', 'w')
+          push_ready(P, WAKE, dep, d[2], tonumber(d[3]) or 0)
+        end
         ready[#ready + 1] = dep
       end
     end

@@ -5,8 +5,10 @@
 -- ARGV[1]  P   ARGV[2]  WAKE   ARGV[3]  flow id   ARGV[4]  idempotency key ('' for none)
 -- ARGV[5]  idempotency ttl s   ARGV[6]  meta      ARGV[7]  input     ARGV[8]  delay_ms
 -- ARGV[9]  priority            ARGV[10] index name ('' for none: adds to P.."runs:"..name)
--- ARGV[11] n, then 9 values per job: id, lane, max_attempts, backoff, lease_ms, payload,
---          parents (comma list), dependents (comma list), continue_on_failure (0/1)
+-- ARGV[11] n, then 10 values per job: id, lane, max_attempts, backoff, lease_ms, payload,
+--          parents (comma list), dependents (comma list), continue_on_failure (0/1),
+--          release delay ms (a job with one waits that long once it becomes ready: durable
+--          `delay` steps)
 -- Returns  {1, flow_id} when created, {0, existing_flow_id} for a repeated key.
 local P, WAKE, flow, idem = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local delay, prio, index, n = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10], tonumber(ARGV[11])
@@ -17,24 +19,26 @@ end
 local now = now_ms()
 local fk = P .. 'f:' .. flow
 local ids = {}
-for i = 0, n - 1 do ids[#ids + 1] = ARGV[12 + i * 9] end
+for i = 0, n - 1 do ids[#ids + 1] = ARGV[12 + i * 10] end
 redis.call('HSET', fk, 'state', 'pending', 'pending', n, 'jobs', table.concat(ids, ','),
   'meta', ARGV[6], 'in', ARGV[7], 'ts', now, 'p', prio, 'idem', idem)
 redis.call('ZADD', P .. 'runs', now, flow)
 if index ~= '' then redis.call('ZADD', P .. 'runs:' .. index, now, flow) end
 for i = 0, n - 1 do
-  local o = 12 + i * 9
-  local id, lane, parents = ARGV[o], ARGV[o + 1], ARGV[o + 6]
+  local o = 12 + i * 10
+  local id, lane, parents, dl = ARGV[o], ARGV[o + 1], ARGV[o + 6], tonumber(ARGV[o + 9])
   local pc = #split(parents)
   local state = 'b'
+  local wait = delay
+  if dl > wait then wait = dl end
   if pc == 0 then
-    if delay > 0 then state = 'd' else state = 'w' end
+    if wait > 0 then state = 'd' else state = 'w' end
   end
   redis.call('HSET', P .. 'j:' .. id, 'q', lane, 'p', prio, 'a', 0, 'm', ARGV[o + 2], 'b', ARGV[o + 3],
     't', ARGV[o + 4], 'd', ARGV[o + 5], 's', state, 'ts', now, 'f', flow, 'pa', parents,
-    'n', ARGV[o + 7], 'pc', pc, 'cf', ARGV[o + 8])
+    'n', ARGV[o + 7], 'pc', pc, 'cf', ARGV[o + 8], 'dl', dl)
   if state == 'd' then
-    push_delayed(P, WAKE, id, lane, now + delay)
+    push_delayed(P, WAKE, id, lane, now + wait)
   elseif state == 'w' then
     push_ready(P, WAKE, id, lane, prio)
   end

@@ -1,0 +1,52 @@
+//! Run ids: a ULID (time-sortable, 26 characters) and the queue partition the run lives in,
+//! `<ulid>-<partition>`, so any replica finds a run's keys from its id alone.
+
+const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// A new ULID string.
+pub fn ulid() -> String {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis()) as u128;
+    let random: u128 = rand::random::<u128>() & ((1u128 << 80) - 1);
+    let value = (ms << 80) | random;
+    (0..26).rev().map(|i| CROCKFORD[((value >> (i * 5)) & 31) as usize] as char).collect()
+}
+
+/// A run id in partition `partition`.
+pub fn run_id(partition: usize) -> String {
+    format!("{}-{partition}", ulid())
+}
+
+/// The partition of a run id, if it is well-formed for `partitions` partitions.
+pub fn partition_of_run(run_id: &str, partitions: usize) -> Option<usize> {
+    let (ulid, p) = run_id.rsplit_once('-')?;
+    if ulid.len() != 26 || !ulid.bytes().all(|b| CROCKFORD.contains(&b)) {
+        return None;
+    }
+    p.parse().ok().filter(|p| *p < partitions)
+}
+
+/// A task id: `<run_id>.<step_id>`.
+pub fn task_id(run_id: &str, step_id: &str) -> String {
+    format!("{run_id}.{step_id}")
+}
+
+/// Splits a task id into run id and step id.
+pub fn split_task_id(task_id: &str) -> Option<(&str, &str)> {
+    task_id.split_once('.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_carry_their_partition() {
+        let id = run_id(3);
+        assert_eq!(partition_of_run(&id, 4), Some(3));
+        assert_eq!(partition_of_run(&id, 3), None);
+        assert_eq!(partition_of_run("nope", 4), None);
+        let a = ulid();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(ulid() > a, "ulids sort by time");
+    }
+}

@@ -1,0 +1,72 @@
+//! The run engine behind the Scheduler, free of gRPC types.
+//!
+//! # Layout
+//! - [`spec`]: workflow specs (serde: stored as JSON, written by users as YAML) and their
+//!   validation.
+//! - [`registry`]: versioned workflow registration in Redis, with an in-process cache.
+//! - [`runs`]: a run is a queue flow (`aura_queue`): start (single and bulk, idempotent),
+//!   read, list, cancel.
+//! - [`tasks`]: the task API workers call (poll, report, heartbeat) and the lease reaper,
+//!   publishing every run and step transition as an event.
+//! - [`metrics`]: per-minute run counters in Redis behind `GetMetrics`.
+#![forbid(unsafe_code)]
+
+mod error;
+pub mod ids;
+pub mod metrics;
+pub mod registry;
+pub mod runs;
+pub mod spec;
+pub mod tasks;
+
+use std::sync::Arc;
+
+pub use error::EngineError;
+
+/// Everything the engine needs, shared by the Scheduler's handlers. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) queue: aura_queue::Queue,
+    pub(crate) bus: aura_bus::Bus,
+    pub(crate) registry: Arc<registry::Registry>,
+    pub(crate) config: Arc<EngineConfig>,
+}
+
+/// Tunables, with defaults that suit a laptop and a small cluster alike.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Largest accepted workflow spec, as JSON bytes.
+    pub max_spec_bytes: usize,
+    /// How long an idempotency key is remembered.
+    pub idempotency_ttl: std::time::Duration,
+    /// Key prefix in Redis.
+    pub prefix: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_spec_bytes: 1024 * 1024,
+            idempotency_ttl: std::time::Duration::from_secs(24 * 3600),
+            prefix: "aura".into(),
+        }
+    }
+}
+
+impl Engine {
+    /// Assembles the engine.
+    pub fn new(queue: aura_queue::Queue, bus: aura_bus::Bus, config: EngineConfig) -> Self {
+        let registry = Arc::new(registry::Registry::new(queue.conn(), &config.prefix));
+        Engine { queue, bus, registry, config: Arc::new(config) }
+    }
+
+    /// The queue underneath (for admin calls: stats, pause, dead letters).
+    pub fn queue(&self) -> &aura_queue::Queue {
+        &self.queue
+    }
+
+    /// The workflow registry.
+    pub fn registry(&self) -> &registry::Registry {
+        &self.registry
+    }
+}

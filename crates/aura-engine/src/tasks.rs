@@ -1,0 +1,391 @@
+//! The task API (what workers call) and the lease reaper. Every run and step transition
+//! is published as an event on `runs.<run_id>` and `workflows.<name>`, after the atomic
+//! state change it describes.
+
+use std::{collections::HashMap, time::Duration};
+
+use serde_json::{Map, Value as Json, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Engine, EngineError, ids, runs::FlowMeta};
+
+/// One step attempt handed to a worker.
+#[derive(Clone, Debug)]
+pub struct Task {
+    /// `<run_id>.<step_id>`.
+    pub task_id: String,
+    /// Run.
+    pub run_id: String,
+    /// Step.
+    pub step_id: String,
+    /// Kind.
+    pub kind: String,
+    /// Step config.
+    pub config: Map<String, Json>,
+    /// Run input.
+    pub input: Map<String, Json>,
+    /// Outputs of the direct dependencies, by step id.
+    pub dependency_outputs: Map<String, Json>,
+    /// Attempt, from 1.
+    pub attempt: u32,
+    /// Fencing token.
+    pub lease_token: String,
+    /// Lease deadline, ms.
+    pub lease_deadline_ms: u64,
+    /// Queue.
+    pub queue: String,
+    /// Workflow.
+    pub workflow_name: String,
+    /// Version.
+    pub workflow_version: u32,
+    /// Attempt timeout.
+    pub timeout: Duration,
+}
+
+/// A worker's report on one task.
+#[derive(Clone, Debug)]
+pub struct TaskReport {
+    /// Task id.
+    pub task_id: String,
+    /// Lease token.
+    pub lease_token: String,
+    /// Output, or the error.
+    pub outcome: Result<Json, TaskFailure>,
+}
+
+/// A failed attempt.
+#[derive(Clone, Debug)]
+pub struct TaskFailure {
+    /// Message recorded on the step.
+    pub message: String,
+    /// False skips the remaining attempts.
+    pub retryable: bool,
+    /// Minimum wait before the retry.
+    pub retry_after: Option<Duration>,
+}
+
+/// Whether a report was recorded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ack {
+    /// Task id.
+    pub task_id: String,
+    /// Recorded.
+    pub accepted: bool,
+    /// Why not.
+    pub reason: String,
+}
+
+/// Heartbeat answers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LeaseStatus {
+    /// Extended to this deadline (ms).
+    Extended(u64),
+    /// Run cancelled: stop.
+    Cancelled,
+    /// Lease gone: stop.
+    Lost,
+}
+
+/// An event about a run, published on `runs.<run_id>` and `workflows.<workflow>`.
+#[derive(Clone, Debug)]
+pub struct LifecycleEvent {
+    run_id: String,
+    workflow: String,
+    event_type: &'static str,
+    payload: Json,
+}
+
+impl LifecycleEvent {
+    pub(crate) fn run(run_id: &str, workflow: &str, event_type: &'static str, extra: Json) -> Self {
+        let mut payload = json!({"run_id": run_id, "workflow": workflow});
+        if let (Json::Object(p), Json::Object(e)) = (&mut payload, extra) {
+            p.extend(e);
+        }
+        LifecycleEvent { run_id: run_id.into(), workflow: workflow.into(), event_type, payload }
+    }
+
+    fn step(run_id: &str, workflow: &str, step_id: &str, event_type: &'static str, extra: Json) -> Self {
+        let mut event = Self::run(run_id, workflow, event_type, extra);
+        event.payload["step_id"] = Json::String(step_id.into());
+        event
+    }
+}
+
+/// Most tasks per poll.
+pub const MAX_TASKS_PER_POLL: usize = 1000;
+
+impl Engine {
+    /// Publishes lifecycle events (and counts run outcomes for metrics). A failure here is
+    /// logged, not returned: the transition it describes is already committed.
+    pub(crate) async fn emit(&self, events: Vec<LifecycleEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut batch = Vec::with_capacity(events.len() * 2);
+        let mut counts: HashMap<(String, &'static str), u64> = HashMap::new();
+        for e in &events {
+            batch.push((format!("runs.{}", e.run_id), e.event_type.to_string(), e.payload.clone()));
+            batch.push((format!("workflows.{}", e.workflow), e.event_type.to_string(), e.payload.clone()));
+            if let Some(what) = e.event_type.strip_prefix("run.") {
+                let what = if what == "queued" { "started" } else { what };
+                if let Some(what) = ["started", "succeeded", "failed", "cancelled"].into_iter().find(|w| *w == what) {
+                    *counts.entry((e.workflow.clone(), what)).or_default() += 1;
+                }
+            }
+        }
+        if let Err(err) = self.bus.publish_batch(&batch).await {
+            tracing::warn!(%err, events = batch.len(), "publishing lifecycle events failed");
+        }
+        if !counts.is_empty()
+            && let Err(err) = crate::metrics::record(&self.queue.conn(), &self.config.prefix, &counts).await
+        {
+            tracing::warn!(%err, "recording run metrics failed");
+        }
+    }
+
+    /// Long-polls for up to `max` tasks from `queues`, waiting up to `wait`.
+    pub async fn poll_tasks(
+        &self,
+        worker_id: &str,
+        queues: &[String],
+        max: usize,
+        wait: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Task>, EngineError> {
+        if queues.is_empty() {
+            return Err(EngineError::invalid("queues", "name at least one queue (built-in steps are on \"builtin\")"));
+        }
+        for q in queues {
+            aura_queue::validate_name("queues", q).map_err(|e| EngineError::invalid("queues", e.to_string()))?;
+        }
+        if max == 0 || max > MAX_TASKS_PER_POLL {
+            return Err(EngineError::invalid("max_tasks", format!("must be 1..={MAX_TASKS_PER_POLL}")));
+        }
+        let claimed = self.queue.claim_blocking(queues, max, wait, cancel).await?;
+        let mut tasks = Vec::with_capacity(claimed.len());
+        let mut events = Vec::new();
+        let mut meta_cache: HashMap<String, FlowMeta> = HashMap::new();
+        for job in claimed {
+            let Some((run_id, step_id)) = ids::split_task_id(&job.lease.id) else {
+                tracing::warn!(task_id = %job.lease.id, "claimed a job that is not a run step; dead-lettering it");
+                self.queue
+                    .fail(vec![aura_queue::Failure {
+                        lease: job.lease.clone(),
+                        error: "not an AURA run step".into(),
+                        retryable: false,
+                        retry_after: None,
+                    }])
+                    .await?;
+                continue;
+            };
+            let meta = match meta_cache.get(&job.flow) {
+                Some(m) => FlowMeta { w: m.w.clone(), v: m.v },
+                None => serde_json::from_str::<FlowMeta>(&job.flow_meta)
+                    .map_err(|e| EngineError::Corrupt(format!("run meta: {e}")))?,
+            };
+            let wf = self.registry.get(&meta.w, meta.v).await?;
+            let Some(step) = wf.spec.steps.iter().find(|s| s.id == step_id) else {
+                return Err(EngineError::Corrupt(format!("step {step_id:?} not in workflow {}", meta.w)));
+            };
+            let input = match serde_json::from_str::<Json>(&job.flow_input) {
+                Ok(Json::Object(m)) => m,
+                _ => Map::new(),
+            };
+            let dependency_outputs = job
+                .parent_results
+                .iter()
+                .filter_map(|(pid, result)| {
+                    let (_, pstep) = ids::split_task_id(pid)?;
+                    Some((pstep.to_string(), serde_json::from_str(result).unwrap_or(Json::Null)))
+                })
+                .collect();
+            if job.flow_started {
+                events.push(LifecycleEvent::run(run_id, &meta.w, "run.started", json!({})));
+            }
+            events.push(LifecycleEvent::step(
+                run_id,
+                &meta.w,
+                step_id,
+                "step.started",
+                json!({"attempt": job.attempt, "worker_id": worker_id}),
+            ));
+            tasks.push(Task {
+                task_id: job.lease.id.clone(),
+                run_id: run_id.to_string(),
+                step_id: step_id.to_string(),
+                kind: step.kind.clone(),
+                config: step.config.clone(),
+                input,
+                dependency_outputs,
+                attempt: job.attempt,
+                lease_token: job.lease.token.clone(),
+                lease_deadline_ms: job.deadline_ms,
+                queue: job.queue.clone(),
+                workflow_name: meta.w.clone(),
+                workflow_version: meta.v,
+                timeout: wf.spec.timeout(step),
+            });
+            meta_cache.insert(job.flow.clone(), meta);
+        }
+        self.emit(events).await;
+        Ok(tasks)
+    }
+
+    fn lease_of(&self, task_id: &str, token: &str) -> Result<aura_queue::Lease, String> {
+        let (run_id, _) = ids::split_task_id(task_id).ok_or("unknown task")?;
+        let partition = ids::partition_of_run(run_id, self.queue.keys().partitions()).ok_or("unknown task")?;
+        Ok(aura_queue::Lease { partition, id: task_id.to_string(), token: token.to_string() })
+    }
+
+    /// Records task outcomes in two batched script calls (completions, failures).
+    pub async fn report_tasks(&self, reports: Vec<TaskReport>) -> Result<Vec<Ack>, EngineError> {
+        let mut acks: Vec<Ack> =
+            reports.iter().map(|r| Ack { task_id: r.task_id.clone(), accepted: false, reason: String::new() }).collect();
+        let mut completions = Vec::new();
+        let mut failures = Vec::new();
+        for (i, report) in reports.into_iter().enumerate() {
+            let lease = match self.lease_of(&report.task_id, &report.lease_token) {
+                Ok(lease) => lease,
+                Err(reason) => {
+                    acks[i].reason = reason.to_string();
+                    continue;
+                }
+            };
+            match report.outcome {
+                Ok(output) => completions.push((i, aura_queue::Completion { lease, result: output.to_string() })),
+                Err(f) => failures.push((
+                    i,
+                    aura_queue::Failure { lease, error: f.message, retryable: f.retryable, retry_after: f.retry_after },
+                )),
+            }
+        }
+        let mut events = Vec::new();
+        let mut workflows: HashMap<String, String> = HashMap::new();
+        if !completions.is_empty() {
+            let (idx, items): (Vec<usize>, Vec<_>) = completions.into_iter().unzip();
+            let outcomes = self.queue.complete(items.clone()).await?;
+            for ((i, item), outcome) in idx.into_iter().zip(items).zip(outcomes) {
+                match outcome {
+                    aura_queue::CompleteOutcome::Recorded { ready, flow_state } => {
+                        acks[i].accepted = true;
+                        let (run_id, step_id) = ids::split_task_id(&item.lease.id).unwrap_or_default();
+                        let wf = self.workflow_of(&mut workflows, item.lease.partition, run_id).await;
+                        events.push(LifecycleEvent::step(run_id, &wf, step_id, "step.succeeded", json!({})));
+                        for dep in ready {
+                            let (_, dep_step) = ids::split_task_id(&dep).unwrap_or_default();
+                            events.push(LifecycleEvent::step(run_id, &wf, dep_step, "step.queued", json!({})));
+                        }
+                        if flow_state == "succeeded" {
+                            events.push(LifecycleEvent::run(run_id, &wf, "run.succeeded", json!({})));
+                        }
+                    }
+                    aura_queue::CompleteOutcome::Refused(reason) => acks[i].reason = reason,
+                }
+            }
+        }
+        if !failures.is_empty() {
+            let (idx, items): (Vec<usize>, Vec<_>) = failures.into_iter().unzip();
+            let outcomes = self.queue.fail(items.clone()).await?;
+            for ((i, item), outcome) in idx.into_iter().zip(items).zip(outcomes) {
+                if let aura_queue::FailOutcome::Refused(reason) = &outcome {
+                    acks[i].reason = reason.clone();
+                    continue;
+                }
+                acks[i].accepted = true;
+                let wf = self.workflow_of(&mut workflows, item.lease.partition, ids::split_task_id(&item.lease.id).unwrap_or_default().0).await;
+                events.extend(failure_events(&item.lease.id, &wf, &item.error, outcome));
+            }
+        }
+        self.emit(events).await;
+        Ok(acks)
+    }
+
+    async fn workflow_of(&self, cache: &mut HashMap<String, String>, partition: usize, run_id: &str) -> String {
+        if let Some(w) = cache.get(run_id) {
+            return w.clone();
+        }
+        let mut conn = self.queue.conn();
+        let key = format!("{}f:{run_id}", self.queue.keys().partition(partition));
+        let meta: Option<String> = redis::AsyncCommands::hget(&mut conn, key, "meta").await.unwrap_or(None);
+        let name = meta.and_then(|m| serde_json::from_str::<FlowMeta>(&m).ok()).map(|m| m.w).unwrap_or_default();
+        cache.insert(run_id.to_string(), name.clone());
+        name
+    }
+
+    /// Extends leases; reports cancelled and lost ones.
+    pub async fn heartbeat_tasks(
+        &self,
+        leases: Vec<(String, String)>,
+        extend: Duration,
+    ) -> Result<Vec<LeaseStatus>, EngineError> {
+        let mut out = vec![LeaseStatus::Lost; leases.len()];
+        let mut valid = Vec::new();
+        for (i, (task_id, token)) in leases.iter().enumerate() {
+            if let Ok(lease) = self.lease_of(task_id, token) {
+                valid.push((i, lease));
+            }
+        }
+        let (idx, items): (Vec<usize>, Vec<_>) = valid.into_iter().unzip();
+        for (i, outcome) in idx.into_iter().zip(self.queue.heartbeat(items, extend).await?) {
+            out[i] = match outcome {
+                aura_queue::HeartbeatOutcome::Extended(d) => LeaseStatus::Extended(d),
+                aura_queue::HeartbeatOutcome::Cancelled => LeaseStatus::Cancelled,
+                aura_queue::HeartbeatOutcome::Lost => LeaseStatus::Lost,
+            };
+        }
+        Ok(out)
+    }
+
+    /// Runs the lease reaper and retention until `shutdown`: every replica may run it; the
+    /// scripts make concurrent reapers safe.
+    pub async fn run_maintenance(&self, every: Duration, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            match self.queue.reap(1000).await {
+                Ok(reaped) => {
+                    let mut events = Vec::new();
+                    let mut workflows = HashMap::new();
+                    for r in reaped {
+                        tracing::info!(task_id = %r.id, outcome = ?r.outcome, "lease expired; task handed back");
+                        let Some((run_id, _)) = ids::split_task_id(&r.id) else { continue };
+                        let wf = self.workflow_of(&mut workflows, r.partition, run_id).await;
+                        events.extend(failure_events(&r.id, &wf, "lease expired", r.outcome));
+                    }
+                    self.emit(events).await;
+                }
+                Err(err) => tracing::debug!(%err, "reaper pass failed"),
+            }
+            if let Err(err) = self.queue.trim(10_000, Duration::from_secs(24 * 3600)).await {
+                tracing::debug!(%err, "retention pass failed");
+            }
+        }
+    }
+}
+
+fn failure_events(task_id: &str, wf: &str, error: &str, outcome: aura_queue::FailOutcome) -> Vec<LifecycleEvent> {
+    let (run_id, step_id) = ids::split_task_id(task_id).unwrap_or_default();
+    let mut events = Vec::new();
+    match outcome {
+        aura_queue::FailOutcome::Retrying { at_ms } => {
+            events.push(LifecycleEvent::step(run_id, wf, step_id, "step.retrying", json!({"error": error, "retry_at_ms": at_ms})));
+        }
+        aura_queue::FailOutcome::Dead { flow_state, .. } => {
+            events.push(LifecycleEvent::step(run_id, wf, step_id, "step.failed", json!({"error": error})));
+            match flow_state.as_str() {
+                "failed" => events.push(LifecycleEvent::run(
+                    run_id,
+                    wf,
+                    "run.failed",
+                    json!({"error": format!("step {step_id} failed: {error}")}),
+                )),
+                "succeeded" => events.push(LifecycleEvent::run(run_id, wf, "run.succeeded", json!({}))),
+                _ => {}
+            }
+        }
+        aura_queue::FailOutcome::Refused(_) => {}
+    }
+    events
+}
