@@ -45,7 +45,9 @@ pub fn json_to_value(json: &Json) -> Value {
         Json::Bool(b) => Kind::BoolValue(*b),
         Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
         Json::String(s) => Kind::StringValue(s.clone()),
-        Json::Array(items) => Kind::ListValue(ListValue { values: items.iter().map(json_to_value).collect() }),
+        Json::Array(items) => {
+            Kind::ListValue(ListValue { values: items.iter().map(json_to_value).collect() })
+        }
         Json::Object(map) => Kind::StructValue(map_to_struct(map)),
     };
     Value { kind: Some(kind) }

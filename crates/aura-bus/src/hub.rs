@@ -61,7 +61,12 @@ pub struct Hub {
 
 impl Hub {
     /// Starts the hub's Redis connection task. `buffer` bounds each subscriber's queue.
-    pub fn start(bus: Bus, redis_url: &str, buffer: usize, shutdown: CancellationToken) -> Result<Self, BusError> {
+    pub fn start(
+        bus: Bus,
+        redis_url: &str,
+        buffer: usize,
+        shutdown: CancellationToken,
+    ) -> Result<Self, BusError> {
         let client = aura_common::redis::client(redis_url)?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
@@ -111,7 +116,8 @@ impl Hub {
         let (live_tx, live_rx) = mpsc::channel(self.inner.buffer);
         let lagged = Arc::new(AtomicBool::new(false));
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let globs: Vec<String> = patterns.iter().map(|p| p.redis_glob(&self.inner.bus.channel_prefix())).collect();
+        let globs: Vec<String> =
+            patterns.iter().map(|p| p.redis_glob(&self.inner.bus.channel_prefix())).collect();
         {
             let mut subs = self.inner.subs.lock().unwrap_or_else(|p| p.into_inner());
             subs.insert(id, LocalSub { patterns, tx: live_tx, lagged: lagged.clone() });
@@ -120,7 +126,16 @@ impl Hub {
         let (out_tx, out_rx) = mpsc::channel(output_buffer);
         let guard = SubGuard { hub: self.clone(), id, globs };
         let reconnects = self.inner.reconnects.subscribe();
-        tokio::spawn(forward(self.inner.bus.clone(), guard, start, resume_topic, live_rx, lagged, out_tx, reconnects));
+        tokio::spawn(forward(
+            self.inner.bus.clone(),
+            guard,
+            start,
+            resume_topic,
+            live_rx,
+            lagged,
+            out_tx,
+            reconnects,
+        ));
         Ok(out_rx)
     }
 
@@ -274,7 +289,8 @@ async fn run_connection(
     loop {
         let session = async {
             let (mut sink, mut stream) = client.get_async_pubsub().await?.split();
-            let globs: Vec<String> = inner.globs.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+            let globs: Vec<String> =
+                inner.globs.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
             for glob in globs {
                 sink.psubscribe(glob).await?;
             }

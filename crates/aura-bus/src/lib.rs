@@ -1,13 +1,13 @@
 //! AURA's event bus on Redis.
 //!
 //! # Layout
-//! - [`Bus`]: publish (one Lua script: stream append + pub/sub fan-out, atomically) and
+//! - [`Bus`] — publish (one Lua script: stream append + pub/sub fan-out, atomically) and
 //!   history reads.
-//! - [`hub`]: subscriptions. One Redis pattern subscription per distinct pattern per process,
+//! - [`hub`] — subscriptions. One Redis pattern subscription per distinct pattern per process,
 //!   shared by every local subscriber; bounded buffers cut slow subscribers off with a
 //!   resume offset; resume from an offset replays history, then live, with no gap and no
 //!   duplicate.
-//! - [`topic`]: topics, patterns (`*` one segment, `>` the rest) and offsets
+//! - [`topic`] — topics, patterns (`*` one segment, `>` the rest) and offsets
 //!   (`<epoch>:<ms>-<seq>`).
 #![forbid(unsafe_code)]
 
@@ -42,7 +42,9 @@ pub enum BusError {
         oldest: String,
     },
     /// Redis lost the topic's history since the offset was handed out.
-    #[error("the history of topic {topic} was lost (epoch {requested} is gone, now {current}); resume from the start")]
+    #[error(
+        "the history of topic {topic} was lost (epoch {requested} is gone, now {current}); resume from the start"
+    )]
     EpochChanged {
         /// Topic.
         topic: String,
@@ -117,7 +119,10 @@ impl Bus {
 
     /// Publishes one event; returns its offset.
     pub async fn publish(&self, topic: &str, event_type: &str, payload: &Json) -> Result<Offset, BusError> {
-        Ok(self.publish_batch(&[(topic.to_string(), event_type.to_string(), payload.clone())]).await?.remove(0))
+        Ok(self
+            .publish_batch(&[(topic.to_string(), event_type.to_string(), payload.clone())])
+            .await?
+            .remove(0))
     }
 
     /// Publishes many events. On one Redis node this is one script call; on a cluster,

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use aura_bus::{Bus, BusError, Offset, Pattern, Retention, hub::{Hub, Start}};
+use aura_bus::{
+    Bus, BusError, Offset, Pattern, Retention,
+    hub::{Hub, Start},
+};
 use aura_common::redis::connect;
 use aura_testkit::{RedisServer, wait_until};
 use serde_json::json;
@@ -34,9 +37,12 @@ async fn wait_subscribed(hub: &Hub, bus: &Bus) {
 async fn many_subscribers_get_every_event_in_order_over_one_redis_subscription() {
     let redis = RedisServer::start();
     let (bus, hub) = setup(&redis, Retention::default()).await;
-    let mut subs: Vec<_> = (0..1000).map(|_| hub.subscribe(patterns(&["orders.*"]), Start::Live, 256).unwrap()).collect();
-    wait_until("one shared redis subscription", Duration::from_secs(5), || async { hub.redis_pattern_count() == 1 })
-        .await;
+    let mut subs: Vec<_> =
+        (0..1000).map(|_| hub.subscribe(patterns(&["orders.*"]), Start::Live, 256).unwrap()).collect();
+    wait_until("one shared redis subscription", Duration::from_secs(5), || async {
+        hub.redis_pattern_count() == 1
+    })
+    .await;
     wait_subscribed(&hub, &bus).await;
     for i in 0..50 {
         bus.publish("orders.eu", "created", &json!({"i": i})).await.unwrap();
@@ -117,7 +123,8 @@ async fn slow_subscriber_is_cut_off_with_a_resume_offset_while_fast_one_gets_all
     assert!(got < 500);
     assert!(matches!(err, BusError::Lagged { .. }), "{err}");
     drop(slow);
-    wait_until("every subscriber released", Duration::from_secs(5), || async { hub.subscriber_count() == 0 }).await;
+    wait_until("every subscriber released", Duration::from_secs(5), || async { hub.subscriber_count() == 0 })
+        .await;
 }
 
 #[tokio::test]

@@ -1,13 +1,13 @@
 //! Plumbing every AURA service shares.
 //!
 //! # Layout
-//! - [`redis`]: one connection type for a single node or a Redis Cluster, reconnecting with
+//! - [`redis`] — one connection type for a single node or a Redis Cluster, reconnecting with
 //!   backoff, and a health probe.
-//! - [`grpc`]: listeners with TCP_NODELAY, health + reflection (v1 and v1alpha) wiring.
-//! - [`status`]: building precise `tonic::Status` values (field violations, retry info).
-//! - [`shutdown`]: the SIGTERM/SIGINT contract.
-//! - [`telemetry`]: tracing initialisation.
-//! - [`metrics`]: the Prometheus `/metrics` HTTP endpoint.
+//! - [`grpc`] — listeners with TCP_NODELAY, health + reflection (v1 and v1alpha) wiring.
+//! - [`status`] — building precise `tonic::Status` values (field violations, retry info).
+//! - [`shutdown`] — the SIGTERM/SIGINT contract.
+//! - [`telemetry`] — tracing initialisation.
+//! - [`metrics`] — the Prometheus `/metrics` HTTP endpoint.
 #![forbid(unsafe_code)]
 
 pub mod grpc;

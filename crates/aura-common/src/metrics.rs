@@ -51,7 +51,10 @@ fn respond(req: &Request<hyper::body::Incoming>, registry: &SharedRegistry) -> R
     let mut body = String::new();
     let registry = registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if encode(&mut body, &registry).is_err() {
-        return Response::builder().status(500).body(Full::new(Bytes::from_static(b"encode failed\n"))).unwrap();
+        return Response::builder()
+            .status(500)
+            .body(Full::new(Bytes::from_static(b"encode failed\n")))
+            .unwrap();
     }
     Response::builder()
         .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")

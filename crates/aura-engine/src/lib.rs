@@ -1,14 +1,14 @@
 //! The run engine behind the Scheduler, free of gRPC types.
 //!
 //! # Layout
-//! - [`spec`]: workflow specs (serde: stored as JSON, written by users as YAML) and their
+//! - [`spec`] — workflow specs (serde: stored as JSON, written by users as YAML) and their
 //!   validation.
-//! - [`registry`]: versioned workflow registration in Redis, with an in-process cache.
-//! - [`runs`]: a run is a queue flow (`aura_queue`): start (single and bulk, idempotent),
+//! - [`registry`] — versioned workflow registration in Redis, with an in-process cache.
+//! - [`runs`] — a run is a queue flow (`aura_queue`): start (single and bulk, idempotent),
 //!   read, list, cancel.
-//! - [`tasks`]: the task API workers call (poll, report, heartbeat) and the lease reaper,
+//! - [`tasks`] — the task API workers call (poll, report, heartbeat) and the lease reaper,
 //!   publishing every run and step transition as an event.
-//! - [`metrics`]: per-minute run counters in Redis behind `GetMetrics`.
+//! - [`metrics`] — per-minute run counters in Redis behind `GetMetrics`.
 #![forbid(unsafe_code)]
 
 mod error;
@@ -63,6 +63,11 @@ impl Engine {
     /// The queue underneath (for admin calls: stats, pause, dead letters).
     pub fn queue(&self) -> &aura_queue::Queue {
         &self.queue
+    }
+
+    /// Largest accepted spec, bytes.
+    pub fn max_spec_bytes(&self) -> usize {
+        self.config.max_spec_bytes
     }
 
     /// The workflow registry.

@@ -73,7 +73,9 @@ impl Registry {
     /// A workflow version (0 = latest). NotFound names what is missing.
     pub async fn get(&self, name: &str, version: u32) -> Result<Arc<Workflow>, EngineError> {
         let version = if version == 0 { self.latest_version(name).await? } else { version };
-        if let Some(wf) = self.versions.lock().unwrap_or_else(|p| p.into_inner()).get(&(name.to_string(), version)) {
+        if let Some(wf) =
+            self.versions.lock().unwrap_or_else(|p| p.into_inner()).get(&(name.to_string(), version))
+        {
             return Ok(wf.clone());
         }
         let mut conn = self.conn.clone();
@@ -82,9 +84,13 @@ impl Registry {
         let Some(json) = json else {
             return Err(EngineError::NotFound(format!("workflow {name:?} has no version {version}")));
         };
-        let spec: WorkflowSpec = serde_json::from_str(&json).map_err(|e| EngineError::Corrupt(e.to_string()))?;
+        let spec: WorkflowSpec =
+            serde_json::from_str(&json).map_err(|e| EngineError::Corrupt(e.to_string()))?;
         let wf = Arc::new(Workflow { spec, version, created_at_ms: ts.unwrap_or(0) });
-        self.versions.lock().unwrap_or_else(|p| p.into_inner()).insert((name.to_string(), version), wf.clone());
+        self.versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((name.to_string(), version), wf.clone());
         Ok(wf)
     }
 
@@ -96,8 +102,12 @@ impl Registry {
         }
         let mut conn = self.conn.clone();
         let latest: Option<u32> = conn.hget(self.def_key(name), "latest").await?;
-        let latest = latest.ok_or_else(|| EngineError::NotFound(format!("workflow {name:?} is not registered")))?;
-        self.latest.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), (latest, Instant::now()));
+        let latest =
+            latest.ok_or_else(|| EngineError::NotFound(format!("workflow {name:?} is not registered")))?;
+        self.latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), (latest, Instant::now()));
         Ok(latest)
     }
 

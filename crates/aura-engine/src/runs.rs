@@ -190,12 +190,18 @@ impl Engine {
         out
     }
 
-    async fn start_run_quiet(&self, req: StartRequest) -> Result<(Started, Option<LifecycleEvent>), EngineError> {
+    async fn start_run_quiet(
+        &self,
+        req: StartRequest,
+    ) -> Result<(Started, Option<LifecycleEvent>), EngineError> {
         if req.workflow_name.is_empty() {
             return Err(EngineError::invalid("workflow_name", "is required"));
         }
         if !(0..=i32::from(aura_queue::MAX_PRIORITY)).contains(&req.priority) {
-            return Err(EngineError::invalid("priority", format!("must be 0..={}", aura_queue::MAX_PRIORITY)));
+            return Err(EngineError::invalid(
+                "priority",
+                format!("must be 0..={}", aura_queue::MAX_PRIORITY),
+            ));
         }
         if req.idempotency_key.len() > 256 {
             return Err(EngineError::invalid("idempotency_key", "must be at most 256 characters"));
@@ -237,7 +243,8 @@ impl Engine {
                 },
             })
             .collect();
-        let meta = serde_json::to_string(&FlowMeta { w: spec.name.clone(), v: wf.version }).expect("meta serialises");
+        let meta = serde_json::to_string(&FlowMeta { w: spec.name.clone(), v: wf.version })
+            .expect("meta serialises");
         let flow = aura_queue::NewFlow {
             id: run_id.clone(),
             idempotency_key: req.idempotency_key.clone(),
@@ -251,7 +258,12 @@ impl Engine {
         };
         let start = self.queue.start_flow(partition, flow).await?;
         let event = start.created.then(|| {
-            LifecycleEvent::run(&start.flow_id, &spec.name, "run.queued", json!({"workflow_version": wf.version}))
+            LifecycleEvent::run(
+                &start.flow_id,
+                &spec.name,
+                "run.queued",
+                json!({"workflow_version": wf.version}),
+            )
         });
         Ok((Started { run_id: start.flow_id, created: start.created }, event))
     }
@@ -274,9 +286,13 @@ impl Engine {
         let wf = self.registry.get(&run.workflow_name, run.workflow_version).await?;
         let mut pipe = redis::pipe();
         for step in &wf.spec.steps {
-            pipe.hmget(format!("{pre}j:{}", ids::task_id(run_id, &step.id)), &["s", "a", "r", "e", "st", "ft"]);
+            pipe.hmget(
+                format!("{pre}j:{}", ids::task_id(run_id, &step.id)),
+                &["s", "a", "r", "e", "st", "ft"],
+            );
         }
-        type Fields = (Option<String>, Option<u32>, Option<String>, Option<String>, Option<u64>, Option<String>);
+        type Fields =
+            (Option<String>, Option<u32>, Option<String>, Option<String>, Option<u64>, Option<String>);
         let rows: Vec<Fields> = pipe.query_async(&mut conn).await?;
         let mut outputs = Map::new();
         let terminal = wf.spec.terminal_steps();
@@ -329,13 +345,22 @@ impl Engine {
         let (cursor_ms, cursor_id) = if cursor.is_empty() {
             (u64::MAX, String::new())
         } else {
-            let (ms, id) = cursor.split_once(':').ok_or_else(|| EngineError::invalid("page_token", "malformed"))?;
+            let (ms, id) =
+                cursor.split_once(':').ok_or_else(|| EngineError::invalid("page_token", "malformed"))?;
             (ms.parse().map_err(|_| EngineError::invalid("page_token", "malformed"))?, id.to_string())
         };
-        let max = if filter.created_before_ms > 0 { cursor_ms.min(filter.created_before_ms - 1) } else { cursor_ms };
+        let max = if filter.created_before_ms > 0 {
+            cursor_ms.min(filter.created_before_ms - 1)
+        } else {
+            cursor_ms
+        };
         let max_arg = if max == u64::MAX { "+inf".to_string() } else { max.to_string() };
         let keys = self.queue.keys();
-        let index = if filter.workflow_name.is_empty() { "runs".to_string() } else { format!("runs:{}", filter.workflow_name) };
+        let index = if filter.workflow_name.is_empty() {
+            "runs".to_string()
+        } else {
+            format!("runs:{}", filter.workflow_name)
+        };
         let mut candidates: Vec<(u64, String, usize)> = Vec::new();
         for p in 0..keys.partitions() {
             let mut conn = self.queue.conn();
@@ -361,7 +386,11 @@ impl Engine {
         candidates.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
         let more = candidates.len() > limit;
         candidates.truncate(limit);
-        let next = if more { candidates.last().map(|(ms, id, _)| format!("{ms}:{id}")).unwrap_or_default() } else { String::new() };
+        let next = if more {
+            candidates.last().map(|(ms, id, _)| format!("{ms}:{id}")).unwrap_or_default()
+        } else {
+            String::new()
+        };
         let mut runs = Vec::new();
         for (_, id, p) in candidates {
             let mut conn = self.queue.conn();
@@ -385,15 +414,22 @@ impl Engine {
         match state.as_str() {
             "" => return Err(EngineError::NotFound(format!("run {run_id:?} not found"))),
             "succeeded" | "failed" => {
-                return Err(EngineError::FailedPrecondition(format!("run {run_id:?} already {state}; it cannot be cancelled")));
+                return Err(EngineError::FailedPrecondition(format!(
+                    "run {run_id:?} already {state}; it cannot be cancelled"
+                )));
             }
             _ => {}
         }
         let run = self.get_run(run_id).await?;
         // An already-cancelled run comes back with nothing newly cancelled: no second event.
         if !cancelled.is_empty() {
-            self.emit(vec![LifecycleEvent::run(run_id, &run.workflow_name, "run.cancelled", json!({"reason": reason}))])
-                .await;
+            self.emit(vec![LifecycleEvent::run(
+                run_id,
+                &run.workflow_name,
+                "run.cancelled",
+                json!({"reason": reason}),
+            )])
+            .await;
         }
         Ok(run)
     }
@@ -402,7 +438,8 @@ impl Engine {
 fn summary(run_id: &str, flow: &HashMap<String, String>) -> Result<RunView, EngineError> {
     let get = |k: &str| flow.get(k).cloned().unwrap_or_default();
     let num = |k: &str| flow.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let meta: FlowMeta = serde_json::from_str(&get("meta")).map_err(|e| EngineError::Corrupt(format!("run meta: {e}")))?;
+    let meta: FlowMeta =
+        serde_json::from_str(&get("meta")).map_err(|e| EngineError::Corrupt(format!("run meta: {e}")))?;
     let input = match serde_json::from_str::<Json>(&get("in")) {
         Ok(Json::Object(map)) => map,
         _ => Map::new(),

@@ -137,7 +137,15 @@ impl WorkflowSpec {
                 c
             }
         };
-        let pick_f = |a: f64, b: f64, c: f64| if a > 0.0 { a } else if b > 0.0 { b } else { c };
+        let pick_f = |a: f64, b: f64, c: f64| {
+            if a > 0.0 {
+                a
+            } else if b > 0.0 {
+                b
+            } else {
+                c
+            }
+        };
         aura_queue::RetryPolicy {
             max_attempts: if s.max_attempts > 0 {
                 s.max_attempts
@@ -175,7 +183,8 @@ impl WorkflowSpec {
 
     /// Step ids nothing depends on: their outputs form the run's output.
     pub fn terminal_steps(&self) -> Vec<&str> {
-        let used: HashSet<&str> = self.steps.iter().flat_map(|s| s.depends_on.iter().map(String::as_str)).collect();
+        let used: HashSet<&str> =
+            self.steps.iter().flat_map(|s| s.depends_on.iter().map(String::as_str)).collect();
         self.steps.iter().map(|s| s.id.as_str()).filter(|id| !used.contains(id)).collect()
     }
 
@@ -205,7 +214,10 @@ impl WorkflowSpec {
             return Err(EngineError::invalid("spec.steps", "a workflow needs at least one step"));
         }
         if self.steps.len() > MAX_STEPS {
-            return Err(EngineError::invalid("spec.steps", format!("{} steps; the limit is {MAX_STEPS}", self.steps.len())));
+            return Err(EngineError::invalid(
+                "spec.steps",
+                format!("{} steps; the limit is {MAX_STEPS}", self.steps.len()),
+            ));
         }
         validate_retry("spec.defaults.retry", &self.defaults.retry)?;
         let mut ids = HashSet::new();
@@ -213,7 +225,10 @@ impl WorkflowSpec {
             let field = format!("spec.steps[{i}]");
             validate_step_id(&format!("{field}.id"), &step.id)?;
             if !ids.insert(step.id.as_str()) {
-                return Err(EngineError::invalid(format!("{field}.id"), format!("duplicate step id {:?}", step.id)));
+                return Err(EngineError::invalid(
+                    format!("{field}.id"),
+                    format!("duplicate step id {:?}", step.id),
+                ));
             }
         }
         for (i, step) in self.steps.iter().enumerate() {
@@ -227,29 +242,43 @@ impl WorkflowSpec {
             let mut seen = HashSet::new();
             for dep in &step.depends_on {
                 if dep == &step.id {
-                    return Err(EngineError::invalid(format!("{field}.depends_on"), format!("step {:?} depends on itself", step.id)));
+                    return Err(EngineError::invalid(
+                        format!("{field}.depends_on"),
+                        format!("step {:?} depends on itself", step.id),
+                    ));
                 }
                 if !ids.contains(dep.as_str()) {
-                    return Err(EngineError::invalid(format!("{field}.depends_on"), format!("unknown step {dep:?}")));
+                    return Err(EngineError::invalid(
+                        format!("{field}.depends_on"),
+                        format!("unknown step {dep:?}"),
+                    ));
                 }
                 if !seen.insert(dep) {
-                    return Err(EngineError::invalid(format!("{field}.depends_on"), format!("{dep:?} listed twice")));
+                    return Err(EngineError::invalid(
+                        format!("{field}.depends_on"),
+                        format!("{dep:?} listed twice"),
+                    ));
                 }
             }
             validate_retry(&format!("{field}.retry"), &step.retry)?;
             validate_config(&field, step)?;
         }
         if let Some(cycle_member) = self.find_cycle() {
-            return Err(EngineError::invalid("spec.steps", format!("dependency cycle through step {cycle_member:?}")));
+            return Err(EngineError::invalid(
+                "spec.steps",
+                format!("dependency cycle through step {cycle_member:?}"),
+            ));
         }
         Ok(())
     }
 
     /// Kahn's algorithm: a step left unsorted sits on a cycle.
     fn find_cycle(&self) -> Option<String> {
-        let mut indegree: HashMap<&str, usize> = self.steps.iter().map(|s| (s.id.as_str(), s.depends_on.len())).collect();
+        let mut indegree: HashMap<&str, usize> =
+            self.steps.iter().map(|s| (s.id.as_str(), s.depends_on.len())).collect();
         let dependents = self.dependents();
-        let mut ready: VecDeque<&str> = indegree.iter().filter(|(_, d)| **d == 0).map(|(id, _)| *id).collect();
+        let mut ready: VecDeque<&str> =
+            indegree.iter().filter(|(_, d)| **d == 0).map(|(id, _)| *id).collect();
         let mut sorted = 0;
         while let Some(id) = ready.pop_front() {
             sorted += 1;
@@ -287,8 +316,14 @@ pub fn validate_name(name: &str) -> Result<(), EngineError> {
 }
 
 fn validate_step_id(field: &str, id: &str) -> Result<(), EngineError> {
-    let ok = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
-    if ok { Ok(()) } else { Err(EngineError::invalid(field, format!("{id:?} must be 1-64 characters of [A-Za-z0-9_-]"))) }
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(EngineError::invalid(field, format!("{id:?} must be 1-64 characters of [A-Za-z0-9_-]")))
+    }
 }
 
 fn validate_retry(field: &str, r: &RetrySpec) -> Result<(), EngineError> {
@@ -304,7 +339,12 @@ fn validate_retry(field: &str, r: &RetrySpec) -> Result<(), EngineError> {
     Ok(())
 }
 
-fn str_field<'a>(field: &str, step: &'a StepSpec, key: &str, required: bool) -> Result<Option<&'a str>, EngineError> {
+fn str_field<'a>(
+    field: &str,
+    step: &'a StepSpec,
+    key: &str,
+    required: bool,
+) -> Result<Option<&'a str>, EngineError> {
     match step.config.get(key) {
         None if required => Err(EngineError::invalid(format!("{field}.config.{key}"), "is required")),
         None => Ok(None),
@@ -313,13 +353,22 @@ fn str_field<'a>(field: &str, step: &'a StepSpec, key: &str, required: bool) -> 
     }
 }
 
-fn num_field(field: &str, step: &StepSpec, key: &str, required: bool, max: f64) -> Result<Option<f64>, EngineError> {
+fn num_field(
+    field: &str,
+    step: &StepSpec,
+    key: &str,
+    required: bool,
+    max: f64,
+) -> Result<Option<f64>, EngineError> {
     match step.config.get(key) {
         None if required => Err(EngineError::invalid(format!("{field}.config.{key}"), "is required")),
         None => Ok(None),
         Some(v) => match v.as_f64() {
             Some(n) if (0.0..=max).contains(&n) => Ok(Some(n)),
-            _ => Err(EngineError::invalid(format!("{field}.config.{key}"), format!("must be a number between 0 and {max}"))),
+            _ => Err(EngineError::invalid(
+                format!("{field}.config.{key}"),
+                format!("must be a number between 0 and {max}"),
+            )),
         },
     }
 }
@@ -341,20 +390,34 @@ fn validate_config(field: &str, step: &StepSpec) -> Result<(), EngineError> {
     match step.kind.as_str() {
         "noop" => allow_only(field, step, &[]),
         "http" => {
-            allow_only(field, step, &["method", "url", "headers", "body", "timeout_ms", "max_response_bytes"])?;
+            allow_only(
+                field,
+                step,
+                &["method", "url", "headers", "body", "timeout_ms", "max_response_bytes"],
+            )?;
             let url = str_field(field, step, "url", true)?.unwrap_or_default();
-            if !url.contains("{{") && !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(EngineError::invalid(format!("{field}.config.url"), "must start with http:// or https://"));
+            if !(url.contains("{{") || url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(EngineError::invalid(
+                    format!("{field}.config.url"),
+                    "must start with http:// or https://",
+                ));
             }
             if let Some(method) = str_field(field, step, "method", false)?
-                && !["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"].contains(&method.to_ascii_uppercase().as_str())
+                && !["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+                    .contains(&method.to_ascii_uppercase().as_str())
             {
-                return Err(EngineError::invalid(format!("{field}.config.method"), format!("unsupported method {method:?}")));
+                return Err(EngineError::invalid(
+                    format!("{field}.config.method"),
+                    format!("unsupported method {method:?}"),
+                ));
             }
             if let Some(h) = step.config.get("headers")
                 && !h.as_object().is_some_and(|m| m.values().all(Json::is_string))
             {
-                return Err(EngineError::invalid(format!("{field}.config.headers"), "must map header names to strings"));
+                return Err(EngineError::invalid(
+                    format!("{field}.config.headers"),
+                    "must map header names to strings",
+                ));
             }
             num_field(field, step, "timeout_ms", false, 3_600_000.0)?;
             num_field(field, step, "max_response_bytes", false, 1_073_741_824.0)?;
@@ -369,12 +432,27 @@ fn validate_config(field: &str, step: &StepSpec) -> Result<(), EngineError> {
             num_field(field, step, "seconds", true, 30.0 * 24.0 * 3600.0).map(|_| ())
         }
         "llm" => {
-            allow_only(field, step, &["base_url", "model", "messages", "temperature", "max_tokens", "api_key_env", "cache_ttl_seconds"])?;
+            allow_only(
+                field,
+                step,
+                &[
+                    "base_url",
+                    "model",
+                    "messages",
+                    "temperature",
+                    "max_tokens",
+                    "api_key_env",
+                    "cache_ttl_seconds",
+                ],
+            )?;
             str_field(field, step, "model", true)?;
             str_field(field, step, "base_url", false)?;
             str_field(field, step, "api_key_env", false)?;
             if !step.config.get("messages").is_some_and(Json::is_array) {
-                return Err(EngineError::invalid(format!("{field}.config.messages"), "is required: a list of {role, content}"));
+                return Err(EngineError::invalid(
+                    format!("{field}.config.messages"),
+                    "is required: a list of {role, content}",
+                ));
             }
             num_field(field, step, "temperature", false, 2.0)?;
             num_field(field, step, "max_tokens", false, 1_000_000.0)?;
@@ -418,17 +496,32 @@ mod tests {
 
     #[test]
     fn bad_specs_name_the_problem() {
-        assert!(err(&spec(json!([{"id": "a", "kind": "noop", "depends_on": ["a"]}]))).contains("depends on itself"));
-        assert!(err(&spec(json!([{"id": "a", "kind": "noop", "depends_on": ["x"]}]))).contains("unknown step \"x\""));
-        assert!(err(&spec(json!([{"id": "a", "kind": "noop"}, {"id": "a", "kind": "noop"}]))).contains("duplicate step id"));
+        assert!(
+            err(&spec(json!([{"id": "a", "kind": "noop", "depends_on": ["a"]}])))
+                .contains("depends on itself")
+        );
+        assert!(
+            err(&spec(json!([{"id": "a", "kind": "noop", "depends_on": ["x"]}])))
+                .contains("unknown step \"x\"")
+        );
+        assert!(
+            err(&spec(json!([{"id": "a", "kind": "noop"}, {"id": "a", "kind": "noop"}])))
+                .contains("duplicate step id")
+        );
         assert!(err(&spec(json!([{"id": "a", "kind": "teleport"}]))).contains("unknown kind"));
         let cycle = spec(json!([
             {"id": "a", "kind": "noop", "depends_on": ["b"]},
             {"id": "b", "kind": "noop", "depends_on": ["a"]}
         ]));
         assert!(err(&cycle).contains("cycle"));
-        assert!(err(&spec(json!([{"id": "h", "kind": "http", "config": {"url": "ftp://x"}}]))).contains("spec.steps[0].config.url"));
-        assert!(err(&spec(json!([{"id": "t", "kind": "transform"}]))).contains("spec.steps[0].config.jq: is required"));
+        assert!(
+            err(&spec(json!([{"id": "h", "kind": "http", "config": {"url": "ftp://x"}}])))
+                .contains("spec.steps[0].config.url")
+        );
+        assert!(
+            err(&spec(json!([{"id": "t", "kind": "transform"}])))
+                .contains("spec.steps[0].config.jq: is required")
+        );
         let big = spec(json!([{"id": "a", "kind": "noop"}]));
         assert!(big.validate(10).unwrap_err().to_string().contains("the limit is 10"));
     }

@@ -62,6 +62,8 @@ pub struct TaskFailure {
     pub retryable: bool,
     /// Minimum wait before the retry.
     pub retry_after: Option<Duration>,
+    /// Handed back untried (worker draining): ready again at once, attempt not counted.
+    pub release: bool,
 }
 
 /// Whether a report was recorded.
@@ -128,7 +130,9 @@ impl Engine {
             batch.push((format!("workflows.{}", e.workflow), e.event_type.to_string(), e.payload.clone()));
             if let Some(what) = e.event_type.strip_prefix("run.") {
                 let what = if what == "queued" { "started" } else { what };
-                if let Some(what) = ["started", "succeeded", "failed", "cancelled"].into_iter().find(|w| *w == what) {
+                if let Some(what) =
+                    ["started", "succeeded", "failed", "cancelled"].into_iter().find(|w| *w == what)
+                {
                     *counts.entry((e.workflow.clone(), what)).or_default() += 1;
                 }
             }
@@ -153,10 +157,14 @@ impl Engine {
         cancel: &CancellationToken,
     ) -> Result<Vec<Task>, EngineError> {
         if queues.is_empty() {
-            return Err(EngineError::invalid("queues", "name at least one queue (built-in steps are on \"builtin\")"));
+            return Err(EngineError::invalid(
+                "queues",
+                "name at least one queue (built-in steps are on \"builtin\")",
+            ));
         }
         for q in queues {
-            aura_queue::validate_name("queues", q).map_err(|e| EngineError::invalid("queues", e.to_string()))?;
+            aura_queue::validate_name("queues", q)
+                .map_err(|e| EngineError::invalid("queues", e.to_string()))?;
         }
         if max == 0 || max > MAX_TASKS_PER_POLL {
             return Err(EngineError::invalid("max_tasks", format!("must be 1..={MAX_TASKS_PER_POLL}")));
@@ -233,16 +241,20 @@ impl Engine {
 
     fn lease_of(&self, task_id: &str, token: &str) -> Result<aura_queue::Lease, String> {
         let (run_id, _) = ids::split_task_id(task_id).ok_or("unknown task")?;
-        let partition = ids::partition_of_run(run_id, self.queue.keys().partitions()).ok_or("unknown task")?;
+        let partition =
+            ids::partition_of_run(run_id, self.queue.keys().partitions()).ok_or("unknown task")?;
         Ok(aura_queue::Lease { partition, id: task_id.to_string(), token: token.to_string() })
     }
 
     /// Records task outcomes in two batched script calls (completions, failures).
     pub async fn report_tasks(&self, reports: Vec<TaskReport>) -> Result<Vec<Ack>, EngineError> {
-        let mut acks: Vec<Ack> =
-            reports.iter().map(|r| Ack { task_id: r.task_id.clone(), accepted: false, reason: String::new() }).collect();
+        let mut acks: Vec<Ack> = reports
+            .iter()
+            .map(|r| Ack { task_id: r.task_id.clone(), accepted: false, reason: String::new() })
+            .collect();
         let mut completions = Vec::new();
         let mut failures = Vec::new();
+        let mut releases = Vec::new();
         for (i, report) in reports.into_iter().enumerate() {
             let lease = match self.lease_of(&report.task_id, &report.lease_token) {
                 Ok(lease) => lease,
@@ -252,10 +264,18 @@ impl Engine {
                 }
             };
             match report.outcome {
-                Ok(output) => completions.push((i, aura_queue::Completion { lease, result: output.to_string() })),
+                Ok(output) => {
+                    completions.push((i, aura_queue::Completion { lease, result: output.to_string() }))
+                }
+                Err(f) if f.release => releases.push((i, lease)),
                 Err(f) => failures.push((
                     i,
-                    aura_queue::Failure { lease, error: f.message, retryable: f.retryable, retry_after: f.retry_after },
+                    aura_queue::Failure {
+                        lease,
+                        error: f.message,
+                        retryable: f.retryable,
+                        retry_after: f.retry_after,
+                    },
                 )),
             }
         }
@@ -273,7 +293,13 @@ impl Engine {
                         events.push(LifecycleEvent::step(run_id, &wf, step_id, "step.succeeded", json!({})));
                         for dep in ready {
                             let (_, dep_step) = ids::split_task_id(&dep).unwrap_or_default();
-                            events.push(LifecycleEvent::step(run_id, &wf, dep_step, "step.queued", json!({})));
+                            events.push(LifecycleEvent::step(
+                                run_id,
+                                &wf,
+                                dep_step,
+                                "step.queued",
+                                json!({}),
+                            ));
                         }
                         if flow_state == "succeeded" {
                             events.push(LifecycleEvent::run(run_id, &wf, "run.succeeded", json!({})));
@@ -292,22 +318,43 @@ impl Engine {
                     continue;
                 }
                 acks[i].accepted = true;
-                let wf = self.workflow_of(&mut workflows, item.lease.partition, ids::split_task_id(&item.lease.id).unwrap_or_default().0).await;
+                let wf = self
+                    .workflow_of(
+                        &mut workflows,
+                        item.lease.partition,
+                        ids::split_task_id(&item.lease.id).unwrap_or_default().0,
+                    )
+                    .await;
                 events.extend(failure_events(&item.lease.id, &wf, &item.error, outcome));
+            }
+        }
+        if !releases.is_empty() {
+            let (idx, leases): (Vec<usize>, Vec<_>) = releases.into_iter().unzip();
+            for (i, released) in idx.into_iter().zip(self.queue.release(leases).await?) {
+                acks[i].accepted = released;
+                if !released {
+                    acks[i].reason = "stale lease".into();
+                }
             }
         }
         self.emit(events).await;
         Ok(acks)
     }
 
-    async fn workflow_of(&self, cache: &mut HashMap<String, String>, partition: usize, run_id: &str) -> String {
+    async fn workflow_of(
+        &self,
+        cache: &mut HashMap<String, String>,
+        partition: usize,
+        run_id: &str,
+    ) -> String {
         if let Some(w) = cache.get(run_id) {
             return w.clone();
         }
         let mut conn = self.queue.conn();
         let key = format!("{}f:{run_id}", self.queue.keys().partition(partition));
         let meta: Option<String> = redis::AsyncCommands::hget(&mut conn, key, "meta").await.unwrap_or(None);
-        let name = meta.and_then(|m| serde_json::from_str::<FlowMeta>(&m).ok()).map(|m| m.w).unwrap_or_default();
+        let name =
+            meta.and_then(|m| serde_json::from_str::<FlowMeta>(&m).ok()).map(|m| m.w).unwrap_or_default();
         cache.insert(run_id.to_string(), name.clone());
         name
     }
@@ -365,12 +412,23 @@ impl Engine {
     }
 }
 
-fn failure_events(task_id: &str, wf: &str, error: &str, outcome: aura_queue::FailOutcome) -> Vec<LifecycleEvent> {
+fn failure_events(
+    task_id: &str,
+    wf: &str,
+    error: &str,
+    outcome: aura_queue::FailOutcome,
+) -> Vec<LifecycleEvent> {
     let (run_id, step_id) = ids::split_task_id(task_id).unwrap_or_default();
     let mut events = Vec::new();
     match outcome {
         aura_queue::FailOutcome::Retrying { at_ms } => {
-            events.push(LifecycleEvent::step(run_id, wf, step_id, "step.retrying", json!({"error": error, "retry_at_ms": at_ms})));
+            events.push(LifecycleEvent::step(
+                run_id,
+                wf,
+                step_id,
+                "step.retrying",
+                json!({"error": error, "retry_at_ms": at_ms}),
+            ));
         }
         aura_queue::FailOutcome::Dead { flow_state, .. } => {
             events.push(LifecycleEvent::step(run_id, wf, step_id, "step.failed", json!({"error": error})));

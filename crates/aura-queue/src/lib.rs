@@ -1,14 +1,14 @@
 //! AURA's durable job queue on Redis, usable on its own (no gRPC inside).
 //!
 //! # Layout
-//! - [`Queue`]: enqueue (single/bulk, dedup by id, priority, delay), batched claims with
+//! - [`Queue`] — enqueue (single/bulk, dedup by id, priority, delay), batched claims with
 //!   leases, complete/fail with fencing tokens, retries with exponential backoff and jitter,
 //!   dead letters, pause/resume, stats, retention, stalled-job reaping.
 //! - Flows ([`Queue::start_flow`]): a DAG of jobs created atomically; a job becomes ready
 //!   when all its parents completed, so a fan-in job is enqueued exactly once however its
 //!   parents race. AURA's runs are flows.
-//! - [`keys`]: partitions and their hash tags (Redis Cluster friendly).
-//! - [`wake`]: blocking claims without polling Redis (pub/sub wake-ups).
+//! - [`keys`] — partitions and their hash tags (Redis Cluster friendly).
+//! - [`wake`] — blocking claims without polling Redis (pub/sub wake-ups).
 //! - `lua/`: every state transition, one script each.
 #![forbid(unsafe_code)]
 
@@ -59,7 +59,12 @@ pub struct Queue {
 impl Queue {
     /// Opens the queue. `redis_url` is used for the wake-up subscription (a dedicated
     /// connection); `conn` for everything else.
-    pub fn new(conn: RedisConn, redis_url: &str, keys: Keyspace, shutdown: CancellationToken) -> Result<Self> {
+    pub fn new(
+        conn: RedisConn,
+        redis_url: &str,
+        keys: Keyspace,
+        shutdown: CancellationToken,
+    ) -> Result<Self> {
         let waker = Waker::start(redis_url, keys.wake_prefix(), shutdown)?;
         Ok(Queue { conn, keys, waker })
     }
@@ -212,32 +217,42 @@ impl Queue {
 
     /// Records successful results. Each item is refused when its lease token is stale.
     pub async fn complete(&self, items: Vec<Completion>) -> Result<Vec<CompleteOutcome>> {
-        self.per_partition(items, |c| c.lease.partition, |this, p, items| {
-            let mut inv = this.invocation(&scripts::COMPLETE, p);
-            inv.arg(items.len());
-            for c in items {
-                inv.arg(&c.lease.id).arg(&c.lease.token).arg(&c.result);
-            }
-            inv
-        }, types::parse_complete)
+        self.per_partition(
+            items,
+            |c| c.lease.partition,
+            |this, p, items| {
+                let mut inv = this.invocation(&scripts::COMPLETE, p);
+                inv.arg(items.len());
+                for c in items {
+                    inv.arg(&c.lease.id).arg(&c.lease.token).arg(&c.result);
+                }
+                inv
+            },
+            types::parse_complete,
+        )
         .await
     }
 
     /// Records failed attempts (retry with backoff, or dead letter).
     pub async fn fail(&self, items: Vec<Failure>) -> Result<Vec<FailOutcome>> {
-        self.per_partition(items, |f| f.lease.partition, |this, p, items| {
-            let mut inv = this.invocation(&scripts::FAIL, p);
-            inv.arg(items.len());
-            for f in items {
-                inv.arg(&f.lease.id)
-                    .arg(&f.lease.token)
-                    .arg(&f.error)
-                    .arg(if f.retryable { "1" } else { "0" })
-                    .arg(f.retry_after.map_or(0, |d| d.as_millis() as u64))
-                    .arg(rand::random::<f64>());
-            }
-            inv
-        }, types::parse_fail)
+        self.per_partition(
+            items,
+            |f| f.lease.partition,
+            |this, p, items| {
+                let mut inv = this.invocation(&scripts::FAIL, p);
+                inv.arg(items.len());
+                for f in items {
+                    inv.arg(&f.lease.id)
+                        .arg(&f.lease.token)
+                        .arg(&f.error)
+                        .arg(if f.retryable { "1" } else { "0" })
+                        .arg(f.retry_after.map_or(0, |d| d.as_millis() as u64))
+                        .arg(rand::random::<f64>());
+                }
+                inv
+            },
+            types::parse_fail,
+        )
         .await
     }
 
@@ -278,14 +293,41 @@ impl Queue {
     /// Extends leases; tells which were cancelled or lost.
     pub async fn heartbeat(&self, leases: Vec<Lease>, extend: Duration) -> Result<Vec<HeartbeatOutcome>> {
         let extend_ms = extend.as_millis() as u64;
-        self.per_partition(leases, |l| l.partition, move |this, p, items| {
-            let mut inv = scripts::HEARTBEAT.key(this.keys.route_key(p));
-            inv.arg(this.keys.partition(p)).arg(extend_ms);
-            for l in items {
-                inv.arg(&l.id).arg(&l.token);
-            }
-            inv
-        }, types::parse_heartbeat)
+        self.per_partition(
+            leases,
+            |l| l.partition,
+            move |this, p, items| {
+                let mut inv = scripts::HEARTBEAT.key(this.keys.route_key(p));
+                inv.arg(this.keys.partition(p)).arg(extend_ms);
+                for l in items {
+                    inv.arg(&l.id).arg(&l.token);
+                }
+                inv
+            },
+            types::parse_heartbeat,
+        )
+        .await
+    }
+
+    /// Hands claimed jobs back unfinished: ready again at once, the attempt not counted.
+    /// Returns, per lease, whether it was released (false: stale).
+    pub async fn release(&self, leases: Vec<Lease>) -> Result<Vec<bool>> {
+        self.per_partition(
+            leases,
+            |l| l.partition,
+            |this, p, items| {
+                let mut inv = this.invocation(&scripts::RELEASE, p);
+                for l in items {
+                    inv.arg(&l.id).arg(&l.token);
+                }
+                inv
+            },
+            |reply| {
+                let flags: Vec<i64> = redis::FromRedisValue::from_redis_value(reply)
+                    .map_err(|e| QueueError::Protocol(e.to_string()))?;
+                Ok(flags.into_iter().map(|f| f == 1).collect())
+            },
+        )
         .await
     }
 
@@ -317,7 +359,12 @@ impl Queue {
     }
 
     /// Cancels a flow; returns its state afterwards and the jobs that were cancelled.
-    pub async fn cancel_flow(&self, partition: usize, flow_id: &str, reason: &str) -> Result<(String, Vec<String>)> {
+    pub async fn cancel_flow(
+        &self,
+        partition: usize,
+        flow_id: &str,
+        reason: &str,
+    ) -> Result<(String, Vec<String>)> {
         let mut inv = scripts::CANCEL_FLOW.key(self.keys.route_key(partition));
         inv.arg(self.keys.partition(partition)).arg(flow_id).arg(reason);
         let mut conn = self.conn.clone();

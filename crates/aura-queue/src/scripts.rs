@@ -22,3 +22,4 @@ script!(START_FLOW, "lua/start_flow.lua");
 script!(CANCEL_FLOW, "lua/cancel_flow.lua");
 script!(RETRY_DEAD, "lua/retry_dead.lua");
 script!(TRIM, "lua/trim.lua");
+script!(RELEASE, "lua/release.lua");

@@ -107,7 +107,10 @@ impl NewJob {
         validate_name("id", &self.id)?;
         validate_name("queue", &self.queue)?;
         if self.priority > MAX_PRIORITY {
-            return Err(QueueError::Invalid { field: "priority", reason: format!("must be 0..={MAX_PRIORITY}") });
+            return Err(QueueError::Invalid {
+                field: "priority",
+                reason: format!("must be 0..={MAX_PRIORITY}"),
+            });
         }
         self.retry.validate()
     }
@@ -371,7 +374,8 @@ pub(crate) fn parse_claim(partition: usize, reply: Value) -> Result<(Vec<Claimed
             return Err(QueueError::Protocol("claim job reply".into()));
         }
         let parents: Vec<String> = get(&f[9])?;
-        let parent_results = parents.chunks(2).map(|c| (c[0].clone(), c.get(1).cloned().unwrap_or_default())).collect();
+        let parent_results =
+            parents.chunks(2).map(|c| (c[0].clone(), c.get(1).cloned().unwrap_or_default())).collect();
         jobs.push(ClaimedJob {
             lease: Lease { partition, id: get(&f[0])?, token: get(&f[3])? },
             queue: get(&f[1])?,
@@ -416,7 +420,11 @@ pub(crate) fn parse_fail(reply: Value) -> Result<Vec<FailOutcome>> {
         .into_iter()
         .map(|item| {
             let f = items(item)?;
-            if get::<i64>(&f[0])? == 1 { parse_fail_fields(&f[1..]) } else { Ok(FailOutcome::Refused(get(&f[1])?)) }
+            if get::<i64>(&f[0])? == 1 {
+                parse_fail_fields(&f[1..])
+            } else {
+                Ok(FailOutcome::Refused(get(&f[1])?))
+            }
         })
         .collect()
 }

@@ -62,7 +62,10 @@ async fn priority_out_of_range_is_rejected() {
     let mut job = NewJob::new("x", "q", "");
     job.priority = 1001;
     assert!(matches!(q.enqueue(job).await, Err(QueueError::Invalid { field: "priority", .. })));
-    assert!(matches!(q.enqueue(NewJob::new("a,b", "q", "")).await, Err(QueueError::Invalid { field: "id", .. })));
+    assert!(matches!(
+        q.enqueue(NewJob::new("a,b", "q", "")).await,
+        Err(QueueError::Invalid { field: "id", .. })
+    ));
 }
 
 #[tokio::test]
@@ -77,7 +80,8 @@ async fn delayed_job_is_not_claimable_before_its_time() {
     assert!(claim.next_delayed_at_ms > 0);
     assert_eq!(q.stats("q").await.unwrap().delayed, 1);
     // A blocking claim wakes up by itself when the delay is due.
-    let jobs = q.claim_blocking(&lanes("q"), 1, Duration::from_secs(5), &CancellationToken::new()).await.unwrap();
+    let jobs =
+        q.claim_blocking(&lanes("q"), 1, Duration::from_secs(5), &CancellationToken::new()).await.unwrap();
     assert_eq!(jobs.len(), 1);
 }
 
@@ -92,7 +96,8 @@ async fn blocking_claim_wakes_on_enqueue() {
     // Give the waiter time to block: whether it is blocking or not yet, it must get the job.
     tokio::time::sleep(Duration::from_millis(100)).await;
     q.enqueue(NewJob::new("w", "q", "")).await.unwrap();
-    let jobs = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken well before 20 s").unwrap();
+    let jobs =
+        tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken well before 20 s").unwrap();
     assert_eq!(jobs.len(), 1);
 }
 
@@ -107,14 +112,18 @@ async fn stale_lease_cannot_complete_after_reclaim() {
     q.enqueue(job).await.unwrap();
     let first = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
     // The lease runs out; the reaper hands the job back; another claimer takes it.
-    wait_until("lease expiry reaped", Duration::from_secs(5), || async { !q.reap(100).await.unwrap().is_empty() })
-        .await;
+    wait_until("lease expiry reaped", Duration::from_secs(5), || async {
+        !q.reap(100).await.unwrap().is_empty()
+    })
+    .await;
     let second = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
     assert_eq!(second.attempt, 2);
     assert_ne!(first.lease.token, second.lease.token);
-    let stale = q.complete(vec![Completion { lease: first.lease.clone(), result: "old".into() }]).await.unwrap();
+    let stale =
+        q.complete(vec![Completion { lease: first.lease.clone(), result: "old".into() }]).await.unwrap();
     assert_eq!(stale, vec![CompleteOutcome::Refused("stale lease".into())]);
-    let fresh = q.complete(vec![Completion { lease: second.lease.clone(), result: "new".into() }]).await.unwrap();
+    let fresh =
+        q.complete(vec![Completion { lease: second.lease.clone(), result: "new".into() }]).await.unwrap();
     assert!(matches!(fresh[0], CompleteOutcome::Recorded { .. }));
     // And completing twice with the right token is refused too.
     let again = q.complete(vec![Completion { lease: second.lease, result: "again".into() }]).await.unwrap();
@@ -132,10 +141,16 @@ async fn retries_with_backoff_then_dead_letter_and_replay() {
     q.enqueue(job).await.unwrap();
     let cancel = CancellationToken::new();
     for attempt in 1..=3 {
-        let claimed = q.claim_blocking(&lanes("q"), 1, Duration::from_secs(5), &cancel).await.unwrap().remove(0);
+        let claimed =
+            q.claim_blocking(&lanes("q"), 1, Duration::from_secs(5), &cancel).await.unwrap().remove(0);
         assert_eq!(claimed.attempt, attempt);
         let outcome = q
-            .fail(vec![Failure { lease: claimed.lease, error: format!("boom {attempt}"), retryable: true, retry_after: None }])
+            .fail(vec![Failure {
+                lease: claimed.lease,
+                error: format!("boom {attempt}"),
+                retryable: true,
+                retry_after: None,
+            }])
             .await
             .unwrap()
             .remove(0);
@@ -164,7 +179,12 @@ async fn non_retryable_failure_skips_remaining_attempts() {
     q.enqueue(NewJob::new("n", "q", "")).await.unwrap();
     let claimed = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
     let outcome = q
-        .fail(vec![Failure { lease: claimed.lease, error: "bad input".into(), retryable: false, retry_after: None }])
+        .fail(vec![Failure {
+            lease: claimed.lease,
+            error: "bad input".into(),
+            retryable: false,
+            retry_after: None,
+        }])
         .await
         .unwrap();
     assert!(matches!(outcome[0], FailOutcome::Dead { .. }));
@@ -287,7 +307,10 @@ async fn fan_in_is_enqueued_exactly_once_under_racing_parents() {
             .map(|job| {
                 let q = q.clone();
                 tokio::spawn(async move {
-                    q.complete(vec![Completion { lease: job.lease, result: "1".into() }]).await.unwrap().remove(0)
+                    q.complete(vec![Completion { lease: job.lease, result: "1".into() }])
+                        .await
+                        .unwrap()
+                        .remove(0)
                 })
             })
             .collect();
@@ -301,7 +324,8 @@ async fn fan_in_is_enqueued_exactly_once_under_racing_parents() {
         let join = q.claim(&lanes("q"), 10).await.unwrap().jobs;
         assert_eq!(join.len(), 1);
         assert_eq!(join[0].parent_results.len(), 8);
-        let done = q.complete(vec![Completion { lease: join[0].lease.clone(), result: "j".into() }]).await.unwrap();
+        let done =
+            q.complete(vec![Completion { lease: join[0].lease.clone(), result: "j".into() }]).await.unwrap();
         assert_eq!(done[0], CompleteOutcome::Recorded { ready: vec![], flow_state: "succeeded".into() });
     }
 }
@@ -322,9 +346,10 @@ async fn flow_idempotency_and_cancellation() {
     let (state, cancelled) = q.cancel_flow(0, "a", "user asked").await.unwrap();
     assert_eq!(state, "cancelled");
     assert_eq!(cancelled.len(), 3);
-    assert_eq!(q.heartbeat(vec![running.lease.clone()], Duration::from_secs(1)).await.unwrap(), vec![
-        HeartbeatOutcome::Cancelled
-    ]);
+    assert_eq!(
+        q.heartbeat(vec![running.lease.clone()], Duration::from_secs(1)).await.unwrap(),
+        vec![HeartbeatOutcome::Cancelled]
+    );
     let refused = q.complete(vec![Completion { lease: running.lease, result: "x".into() }]).await.unwrap();
     assert_eq!(refused, vec![CompleteOutcome::Refused("cancelled".into())]);
     assert!(q.claim(&lanes("q"), 10).await.unwrap().jobs.is_empty());
@@ -340,16 +365,25 @@ async fn failing_step_fails_flow_unless_it_continues_on_failure() {
     flow.jobs[0].dependents = vec!["f.join".into()];
     q.start_flow(0, flow).await.unwrap();
     let a = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
-    let out = q.fail(vec![Failure { lease: a.lease, error: "x".into(), retryable: true, retry_after: None }]).await;
-    assert_eq!(out.unwrap()[0], FailOutcome::Dead { flow_state: "failed".into(), affected: vec!["f.join".into()] });
+    let out =
+        q.fail(vec![Failure { lease: a.lease, error: "x".into(), retryable: true, retry_after: None }]).await;
+    assert_eq!(
+        out.unwrap()[0],
+        FailOutcome::Dead { flow_state: "failed".into(), affected: vec!["f.join".into()] }
+    );
 
     // Same with continue_on_failure: join is skipped and the flow still ends.
     let mut flow = diamond("g", 1);
     flow.jobs[0].continue_on_failure = true;
     q.start_flow(0, flow).await.unwrap();
     let a = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
-    let out = q.fail(vec![Failure { lease: a.lease, error: "x".into(), retryable: false, retry_after: None }]).await;
-    assert_eq!(out.unwrap()[0], FailOutcome::Dead { flow_state: "succeeded".into(), affected: vec!["g.join".into()] });
+    let out = q
+        .fail(vec![Failure { lease: a.lease, error: "x".into(), retryable: false, retry_after: None }])
+        .await;
+    assert_eq!(
+        out.unwrap()[0],
+        FailOutcome::Dead { flow_state: "succeeded".into(), affected: vec!["g.join".into()] }
+    );
 }
 
 #[tokio::test]
@@ -368,7 +402,8 @@ async fn concurrent_claimers_never_get_the_same_job() {
                     if jobs.is_empty() {
                         return mine;
                     }
-                    let done = jobs.iter().map(|j| Completion { lease: j.lease.clone(), result: String::new() });
+                    let done =
+                        jobs.iter().map(|j| Completion { lease: j.lease.clone(), result: String::new() });
                     let outcomes = q.complete(done.collect()).await.unwrap();
                     assert!(outcomes.iter().all(|o| matches!(o, CompleteOutcome::Recorded { .. })));
                     mine.extend(jobs.into_iter().map(|j| j.lease.id));
@@ -407,9 +442,23 @@ async fn partitioned_queue_on_a_real_cluster_spreads_and_loses_nothing() {
         if jobs.is_empty() {
             break;
         }
-        let done = jobs.iter().map(|j| Completion { lease: j.lease.clone(), result: String::new() }).collect();
+        let done =
+            jobs.iter().map(|j| Completion { lease: j.lease.clone(), result: String::new() }).collect();
         q.complete(done).await.unwrap();
         ids.extend(jobs.into_iter().map(|j| j.lease.id));
     }
     assert_eq!(ids.len(), 604);
+}
+
+#[tokio::test]
+async fn released_job_is_ready_at_once_without_counting_an_attempt() {
+    let redis = RedisServer::start();
+    let q = queue_on(&redis.url(), 1).await;
+    q.enqueue(NewJob::new("rel", "q", "")).await.unwrap();
+    let first = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
+    assert_eq!(q.release(vec![first.lease.clone()]).await.unwrap(), vec![true]);
+    assert_eq!(q.release(vec![first.lease]).await.unwrap(), vec![false], "a stale lease is refused");
+    let again = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
+    assert_eq!(again.attempt, 1);
+    assert_eq!(q.stats("q").await.unwrap().active, 1);
 }

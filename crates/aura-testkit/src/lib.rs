@@ -3,10 +3,15 @@
 //! sleeps.
 //!
 //! # Layout
-//! - [`RedisServer`]: one node on a free port in a temp dir; `kill`, `restart`.
-//! - [`RedisCluster`]: three masters joined with `redis-cli --cluster create`.
-//! - [`wait_until`]: polls a predicate until it holds or a timeout passes.
+//! - [`RedisServer`] — one node on a free port in a temp dir; `kill`, `restart`.
+//! - [`RedisCluster`] — three masters joined with `redis-cli --cluster create`.
+//! - [`wait_until`] — polls a predicate until it holds or a timeout passes.
+//! - [`mesh::Mesh`] (feature `mesh`): the four services in-process on bound ephemeral
+//!   listeners, with typed clients.
 #![forbid(unsafe_code)]
+
+#[cfg(feature = "mesh")]
+pub mod mesh;
 
 use std::{
     future::Future,
@@ -174,7 +179,14 @@ impl RedisCluster {
             .map(|_| {
                 RedisServer::start_with(
                     Persistence::None,
-                    &["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"],
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    ],
                 )
             })
             .collect();

@@ -1,0 +1,380 @@
+//! Command line and configuration.
+//!
+//! Precedence: flags > environment (`AURA_*`) > config file (`--config`, YAML) > defaults.
+//! clap handles the first two (every flag names its variable in `--help`); the file fills
+//! what neither set.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+/// AURA: a workflow-execution platform on a gRPC mesh sharing Redis.
+#[derive(Parser, Debug)]
+#[command(name = "aura", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub client: ClientOpts,
+}
+
+/// Options of the client commands.
+#[derive(Args, Debug, Clone)]
+pub struct ClientOpts {
+    /// Gateway address for client commands.
+    #[arg(long, global = true, env = "AURA_GATEWAY_URL", default_value = "http://127.0.0.1:50051")]
+    pub gateway: String,
+    /// API key sent as `authorization: Bearer <key>`.
+    #[arg(long, global = true, env = "AURA_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one role of the mesh.
+    Serve {
+        /// Which role.
+        role: Role,
+        #[command(flatten)]
+        opts: ServeOpts,
+    },
+    /// Run the whole mesh in one process (starts a private redis-server if none answers).
+    Up(UpOpts),
+    /// Register and inspect workflows.
+    #[command(subcommand)]
+    Workflow(WorkflowCmd),
+    /// Start, inspect, cancel and watch runs.
+    #[command(subcommand)]
+    Run(RunCmd),
+    /// Queue administration.
+    #[command(subcommand)]
+    Queue(QueueCmd),
+    /// Event streams.
+    #[command(subcommand)]
+    Events(EventsCmd),
+    /// Run metrics as a table.
+    Metrics {
+        /// Only this workflow.
+        workflow: Option<String>,
+        /// Window: 1m, 1h or 24h.
+        #[arg(long, default_value = "1h")]
+        window: String,
+    },
+}
+
+/// The four roles.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The public API.
+    Gateway,
+    /// Workflows, runs and the queue.
+    Scheduler,
+    /// Executes built-in steps.
+    Worker,
+    /// The event bus.
+    Events,
+}
+
+impl Role {
+    /// Default gRPC port.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Role::Gateway => 50051,
+            Role::Scheduler => 50052,
+            Role::Worker => 50053,
+            Role::Events => 50054,
+        }
+    }
+
+    /// Default metrics port.
+    pub fn default_metrics_port(self) -> u16 {
+        match self {
+            Role::Gateway => 9101,
+            Role::Scheduler => 9102,
+            Role::Worker => 9103,
+            Role::Events => 9104,
+        }
+    }
+}
+
+/// Options of `aura serve`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServeOpts {
+    /// YAML config file (keys as the long flags, with underscores).
+    #[arg(long, env = "AURA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address [default: 0.0.0.0:<role port>].
+    #[arg(long, env = "AURA_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Prometheus /metrics listen address [default: 0.0.0.0:<role metrics port>].
+    #[arg(long, env = "AURA_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Redis URL; a comma-separated list of node URLs means Redis Cluster
+    /// [default: redis://127.0.0.1:6379].
+    #[arg(long, env = "AURA_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Scheduler endpoints, comma-separated [default: http://127.0.0.1:50052].
+    #[arg(long, env = "AURA_SCHEDULER_URL")]
+    pub scheduler_url: Option<String>,
+    /// Events endpoints, comma-separated [default: http://127.0.0.1:50054].
+    #[arg(long, env = "AURA_EVENTS_URL")]
+    pub events_url: Option<String>,
+    /// Queue partitions; keep it fixed once runs exist [default: 1].
+    #[arg(long, env = "AURA_PARTITIONS")]
+    pub partitions: Option<usize>,
+    /// Worker: most tasks in flight [default: 64].
+    #[arg(long, env = "AURA_WORKER_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// Worker: queues to poll, comma-separated [default: builtin].
+    #[arg(long, env = "AURA_WORKER_QUEUES")]
+    pub queues: Option<String>,
+    /// Seconds in-flight work may take to finish on shutdown [default: 30].
+    #[arg(long, env = "AURA_DRAIN_TIMEOUT_SECS")]
+    pub drain_timeout_secs: Option<u64>,
+    /// Worker: default API key for `llm` steps.
+    #[arg(long, env = "AURA_LLM_API_KEY", hide_env_values = true)]
+    pub llm_api_key: Option<String>,
+}
+
+/// The config file: the same keys as `ServeOpts`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
+    redis_url: Option<String>,
+    scheduler_url: Option<String>,
+    events_url: Option<String>,
+    partitions: Option<usize>,
+    concurrency: Option<usize>,
+    queues: Option<String>,
+    drain_timeout_secs: Option<u64>,
+    llm_api_key: Option<String>,
+}
+
+/// Resolved settings of a role.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub redis_url: String,
+    pub scheduler_urls: Vec<String>,
+    pub events_urls: Vec<String>,
+    pub partitions: usize,
+    pub concurrency: usize,
+    pub queues: Vec<String>,
+    pub drain_timeout: Duration,
+    pub llm_api_key: Option<String>,
+}
+
+fn list(s: &str) -> Vec<String> {
+    s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
+impl Settings {
+    /// Flags/env first, then the file, then defaults.
+    pub fn resolve(opts: &ServeOpts) -> anyhow::Result<Self> {
+        let file = match &opts.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+                serde_norway::from_str::<FileConfig>(&text)
+                    .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let partitions = opts.partitions.or(file.partitions).unwrap_or(1);
+        anyhow::ensure!((1..=1024).contains(&partitions), "AURA_PARTITIONS / --partitions must be 1-1024");
+        let concurrency = opts.concurrency.or(file.concurrency).unwrap_or(64);
+        anyhow::ensure!(
+            (1..=100_000).contains(&concurrency),
+            "AURA_WORKER_CONCURRENCY / --concurrency must be 1-100000"
+        );
+        Ok(Settings {
+            listen: opts.listen.or(file.listen),
+            metrics_listen: opts.metrics_listen.or(file.metrics_listen),
+            redis_url: opts
+                .redis_url
+                .clone()
+                .or(file.redis_url)
+                .unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            scheduler_urls: list(
+                &opts
+                    .scheduler_url
+                    .clone()
+                    .or(file.scheduler_url)
+                    .unwrap_or_else(|| "http://127.0.0.1:50052".into()),
+            ),
+            events_urls: list(
+                &opts
+                    .events_url
+                    .clone()
+                    .or(file.events_url)
+                    .unwrap_or_else(|| "http://127.0.0.1:50054".into()),
+            ),
+            partitions,
+            concurrency,
+            queues: list(&opts.queues.clone().or(file.queues).unwrap_or_else(|| "builtin".into())),
+            drain_timeout: Duration::from_secs(
+                opts.drain_timeout_secs.or(file.drain_timeout_secs).unwrap_or(30),
+            ),
+            llm_api_key: opts.llm_api_key.clone().or(file.llm_api_key),
+        })
+    }
+}
+
+/// Options of `aura up`.
+#[derive(Args, Debug, Clone)]
+pub struct UpOpts {
+    /// Redis URL; when nothing answers there and `redis-server` is installed, a private one
+    /// is started in a temp dir and stopped on exit.
+    #[arg(long, env = "AURA_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Address the four services bind to.
+    #[arg(long, env = "AURA_BIND", default_value = "127.0.0.1")]
+    pub bind: std::net::IpAddr,
+    /// Gateway gRPC port.
+    #[arg(long, default_value_t = 50051)]
+    pub gateway_port: u16,
+    /// Scheduler gRPC port.
+    #[arg(long, default_value_t = 50052)]
+    pub scheduler_port: u16,
+    /// Worker gRPC port.
+    #[arg(long, default_value_t = 50053)]
+    pub worker_port: u16,
+    /// Events gRPC port.
+    #[arg(long, default_value_t = 50054)]
+    pub events_port: u16,
+    /// First of the four metrics ports (gateway, scheduler, worker, events).
+    #[arg(long, default_value_t = 9101)]
+    pub metrics_port: u16,
+    /// Queue partitions.
+    #[arg(long, env = "AURA_PARTITIONS", default_value_t = 1)]
+    pub partitions: usize,
+    /// Worker concurrency.
+    #[arg(long, env = "AURA_WORKER_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+    /// After start, register a demo workflow, run it and print the result.
+    #[arg(long)]
+    pub demo: bool,
+    /// Stop after the demo instead of serving.
+    #[arg(long, requires = "demo")]
+    pub exit_after_demo: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WorkflowCmd {
+    /// Register (or update) a workflow from a YAML or JSON file.
+    Apply {
+        /// The file.
+        #[arg(short, long)]
+        file: PathBuf,
+    },
+    /// List workflows.
+    List,
+    /// Show a workflow as YAML.
+    Get {
+        /// Name.
+        name: String,
+        /// Version (0: latest).
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RunCmd {
+    /// Start a run.
+    Start {
+        /// Workflow name.
+        workflow: String,
+        /// Input as a JSON object.
+        #[arg(long, default_value = "{}")]
+        input: String,
+        /// Idempotency key.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Priority 0-1000.
+        #[arg(long, default_value_t = 0)]
+        priority: i32,
+        /// Wait for the run to finish, showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show a run.
+    Get {
+        /// Run id.
+        run_id: String,
+    },
+    /// List runs, newest first.
+    List {
+        /// Only this workflow.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Most runs shown.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Cancel a run.
+    Cancel {
+        /// Run id.
+        run_id: String,
+        /// Reason recorded on the run.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Follow a run's steps until it ends.
+    Watch {
+        /// Run id.
+        run_id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QueueCmd {
+    /// Queue counters.
+    Stats {
+        /// Queue name.
+        #[arg(default_value = "builtin")]
+        queue: String,
+    },
+    /// Pause claims.
+    Pause {
+        /// Queue name.
+        queue: String,
+    },
+    /// Resume claims.
+    Resume {
+        /// Queue name.
+        queue: String,
+    },
+    /// List dead letters.
+    DeadLetters {
+        /// Queue name.
+        #[arg(default_value = "builtin")]
+        queue: String,
+    },
+    /// Retry a dead letter (or all).
+    Retry {
+        /// Queue name.
+        queue: String,
+        /// Task id; omit with --all.
+        task_id: Option<String>,
+        /// Retry every dead letter of the queue.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EventsCmd {
+    /// Print events of matching topics as they arrive.
+    Tail {
+        /// Topic pattern (`*` one segment, `>` the rest).
+        pattern: String,
+        /// Resume after this offset (single concrete topic).
+        #[arg(long)]
+        from: Option<String>,
+    },
+}

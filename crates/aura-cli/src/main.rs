@@ -1,0 +1,38 @@
+//! `aura`: one binary for every role, the whole mesh, and the client commands.
+//! Wiring only: parse, resolve config, hand over to the crates that do the work.
+#![forbid(unsafe_code)]
+
+mod client;
+mod config;
+mod roles;
+mod up;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() {
+    let cli = config::Cli::parse();
+    if let Err(err) = run(cli).await {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: config::Cli) -> anyhow::Result<()> {
+    match cli.command {
+        config::Command::Serve { role, opts } => {
+            aura_common::telemetry::init();
+            let settings = config::Settings::resolve(&opts)?;
+            roles::serve(role, settings).await
+        }
+        config::Command::Up(up) => {
+            aura_common::telemetry::init();
+            up::run(up).await
+        }
+        config::Command::Workflow(cmd) => client::workflow(cli.client, cmd).await,
+        config::Command::Run(cmd) => client::run(cli.client, cmd).await,
+        config::Command::Queue(cmd) => client::queue(cli.client, cmd).await,
+        config::Command::Events(cmd) => client::events(cli.client, cmd).await,
+        config::Command::Metrics { workflow, window } => client::metrics(cli.client, workflow, window).await,
+    }
+}

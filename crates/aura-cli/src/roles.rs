@@ -1,0 +1,82 @@
+//! `aura serve <role>`: bind, serve, drain on SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+
+use aura_common::{CancellationToken, grpc, metrics, shutdown};
+use prometheus_client::metrics::{family::Family, gauge::Gauge};
+
+use crate::config::{Role, Settings};
+
+/// Serves one role until a shutdown signal.
+pub async fn serve(role: Role, settings: Settings) -> anyhow::Result<()> {
+    let listen = settings.listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], role.default_port())));
+    let metrics_listen = settings
+        .metrics_listen
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], role.default_metrics_port())));
+    let listener = grpc::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let metrics_listener = metrics::bind(metrics_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {metrics_listen}: {e}"))?;
+    let token = CancellationToken::new();
+    shutdown::cancel_on_signal(token.clone());
+    tokio::spawn(metrics::serve(metrics_listener, registry(role), token.clone()));
+    run_role(role, &settings, listener, token).await
+}
+
+/// Runs a role on an already bound listener (shared by `serve` and `up`).
+pub async fn run_role(
+    role: Role,
+    s: &Settings,
+    listener: tokio::net::TcpListener,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    match role {
+        Role::Gateway => {
+            let config = aura_gateway::Config {
+                scheduler_urls: s.scheduler_urls.clone(),
+                events_urls: s.events_urls.clone(),
+                redis_url: s.redis_url.clone(),
+                ..Default::default()
+            };
+            aura_gateway::serve(config, listener, token).await
+        }
+        Role::Scheduler => {
+            let config = aura_scheduler::Config {
+                redis_url: s.redis_url.clone(),
+                partitions: s.partitions,
+                ..Default::default()
+            };
+            aura_scheduler::serve(config, listener, token).await
+        }
+        Role::Worker => {
+            let config = aura_worker::Config {
+                scheduler_urls: s.scheduler_urls.clone(),
+                redis_url: s.redis_url.clone(),
+                queues: s.queues.clone(),
+                concurrency: s.concurrency,
+                drain_timeout: s.drain_timeout,
+                llm_api_key: s.llm_api_key.clone(),
+                ..Default::default()
+            };
+            aura_worker::serve(config, listener, token).await
+        }
+        Role::Events => {
+            let config = aura_events::Config { redis_url: s.redis_url.clone(), ..Default::default() };
+            aura_events::serve(config, listener, token).await
+        }
+    }
+}
+
+/// The role's Prometheus registry. For now: build info only; the full set of series is
+/// listed as not done yet in the README.
+pub fn registry(role: Role) -> metrics::SharedRegistry {
+    let registry = metrics::registry();
+    let info = Family::<Vec<(String, String)>, Gauge>::default();
+    info.get_or_create(&vec![
+        ("version".to_string(), aura_common::VERSION.to_string()),
+        ("role".to_string(), format!("{role:?}").to_lowercase()),
+    ])
+    .set(1);
+    registry.lock().unwrap_or_else(|p| p.into_inner()).register("build_info", "AURA build and role", info);
+    registry
+}

@@ -1,0 +1,142 @@
+//! `aura up`: the whole mesh in one process, for a laptop. Uses the Redis at `--redis-url`
+//! or, when nothing answers there and `redis-server` is installed, a private one in a temp
+//! dir that stops with AURA.
+
+use std::{
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use aura_common::{CancellationToken, grpc, metrics, shutdown};
+
+use crate::{
+    config::{Role, Settings, UpOpts},
+    roles,
+};
+
+/// A private redis-server, killed on drop.
+struct PrivateRedis {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn redis_answers(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else { return false };
+    let ping = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(1), ping).await, Ok(Ok(_)))
+}
+
+async fn ensure_redis(url: &str) -> anyhow::Result<(String, Option<PrivateRedis>)> {
+    if redis_answers(url).await {
+        return Ok((url.to_string(), None));
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let dir = tempfile::tempdir()?;
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "nothing answers at {url} and redis-server is not installed.\n\
+                 Install Redis (Debian/Ubuntu: `sudo apt-get install redis-server`; macOS: `brew install redis`), \
+                 or point --redis-url / AURA_REDIS_URL at a running Redis."
+            )
+        })?;
+    let private = PrivateRedis { child, _dir: dir };
+    let url = format!("redis://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if redis_answers(&url).await {
+            tracing::info!(%url, "started a private redis-server (no persistence; stops with aura up)");
+            return Ok((url, Some(private)));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("the private redis-server on port {port} did not start")
+}
+
+/// Runs the four roles until Ctrl-C / SIGTERM.
+pub async fn run(opts: UpOpts) -> anyhow::Result<()> {
+    let (redis_url, _private) = ensure_redis(&opts.redis_url).await?;
+    let addr = |port| SocketAddr::new(opts.bind, port);
+    let settings = Settings {
+        listen: None,
+        metrics_listen: None,
+        redis_url,
+        scheduler_urls: vec![format!("http://{}", addr(opts.scheduler_port))],
+        events_urls: vec![format!("http://{}", addr(opts.events_port))],
+        partitions: opts.partitions,
+        concurrency: opts.concurrency,
+        queues: vec!["builtin".into()],
+        drain_timeout: Duration::from_secs(30),
+        llm_api_key: std::env::var("AURA_LLM_API_KEY").ok(),
+    };
+    let token = CancellationToken::new();
+    shutdown::cancel_on_signal(token.clone());
+    let roles = [
+        (Role::Scheduler, opts.scheduler_port),
+        (Role::Events, opts.events_port),
+        (Role::Worker, opts.worker_port),
+        (Role::Gateway, opts.gateway_port),
+    ];
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (role, port)) in roles.into_iter().enumerate() {
+        let listener = grpc::bind(addr(port))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", addr(port)))?;
+        let metrics_addr = addr(opts.metrics_port + i as u16);
+        match metrics::bind(metrics_addr).await {
+            Ok(l) => {
+                tokio::spawn(metrics::serve(l, roles::registry(role), token.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(addr = %metrics_addr, error = %e, "metrics port busy; /metrics disabled for this role")
+            }
+        }
+        let settings = settings.clone();
+        let token = token.clone();
+        tasks.spawn(async move { roles::run_role(role, &settings, listener, token).await });
+    }
+    let gateway = format!("{}:{}", opts.bind, opts.gateway_port);
+    println!("AURA is up. Gateway: {gateway} (gRPC, plaintext). Redis: {}", settings.redis_url);
+    println!("  try: grpcurl -plaintext {gateway} list");
+    println!(
+        "  or:  aura workflow apply -f examples/hello.yaml && aura run start hello --input '{{\"name\":\"ada\"}}' --wait"
+    );
+    if opts.demo {
+        let outcome = crate::client::demo(&format!("http://{gateway}")).await;
+        match &outcome {
+            Ok(()) => println!("demo: OK"),
+            Err(e) => eprintln!("demo failed: {e:#}"),
+        }
+        if opts.exit_after_demo {
+            token.cancel();
+            while tasks.join_next().await.is_some() {}
+            return outcome;
+        }
+    }
+    // A role that stops with an error stops the others.
+    let mut first_error = None;
+    while let Some(done) = tasks.join_next().await {
+        let result = done.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(e) = result {
+            token.cancel();
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}

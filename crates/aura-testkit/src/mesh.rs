@@ -1,0 +1,153 @@
+//! The whole mesh in-process: each service on a listener bound to `127.0.0.1:0` before it
+//! starts (no port races), stopped by one token.
+
+use std::{net::SocketAddr, time::Duration};
+
+use aura_proto::v1::{
+    events_client::EventsClient, gateway_client::GatewayClient, scheduler_client::SchedulerClient,
+    worker_client::WorkerClient,
+};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// Options of a test mesh.
+#[derive(Clone, Debug)]
+pub struct MeshOptions {
+    /// Queue partitions.
+    pub partitions: usize,
+    /// Worker concurrency (0: no worker at all).
+    pub worker_concurrency: usize,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        MeshOptions { partitions: 1, worker_concurrency: 16 }
+    }
+}
+
+/// A running mesh.
+pub struct Mesh {
+    /// Gateway address.
+    pub gateway: SocketAddr,
+    /// Scheduler address.
+    pub scheduler: SocketAddr,
+    /// Worker address (if started).
+    pub worker: Option<SocketAddr>,
+    /// Events address.
+    pub events: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+async fn bind() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("bound address");
+    (listener, addr)
+}
+
+impl Mesh {
+    /// Starts the four services on `redis_url`.
+    pub async fn start(redis_url: &str, options: MeshOptions) -> Mesh {
+        let shutdown = CancellationToken::new();
+        let (sl, scheduler) = bind().await;
+        let (el, events) = bind().await;
+        let (gl, gateway) = bind().await;
+        let mut tasks = Vec::new();
+        let url = |a: SocketAddr| format!("http://{a}");
+
+        let config = aura_scheduler::Config {
+            redis_url: redis_url.into(),
+            partitions: options.partitions,
+            ..Default::default()
+        };
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            aura_scheduler::serve(config, sl, token).await.expect("scheduler")
+        }));
+
+        let config = aura_events::Config { redis_url: redis_url.into(), ..Default::default() };
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(async move { aura_events::serve(config, el, token).await.expect("events") }));
+
+        let config = aura_gateway::Config {
+            scheduler_urls: vec![url(scheduler)],
+            events_urls: vec![url(events)],
+            redis_url: redis_url.into(),
+            ..Default::default()
+        };
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(
+            async move { aura_gateway::serve(config, gl, token).await.expect("gateway") },
+        ));
+
+        let worker = if options.worker_concurrency > 0 {
+            let (wl, worker) = bind().await;
+            let config = aura_worker::Config {
+                scheduler_urls: vec![url(scheduler)],
+                redis_url: redis_url.into(),
+                concurrency: options.worker_concurrency,
+                drain_timeout: Duration::from_secs(5),
+                worker_id: "test-worker".into(),
+                ..Default::default()
+            };
+            let token = shutdown.clone();
+            tasks.push(tokio::spawn(
+                async move { aura_worker::serve(config, wl, token).await.expect("worker") },
+            ));
+            Some(worker)
+        } else {
+            None
+        };
+        Mesh { gateway, scheduler, worker, events, shutdown, tasks }
+    }
+
+    /// A connected channel to `addr`.
+    pub async fn channel(addr: SocketAddr) -> Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("valid endpoint")
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// A Gateway client.
+    pub async fn gateway(&self) -> GatewayClient<Channel> {
+        GatewayClient::new(Self::channel(self.gateway).await)
+    }
+
+    /// A Scheduler client.
+    pub async fn scheduler(&self) -> SchedulerClient<Channel> {
+        SchedulerClient::new(Self::channel(self.scheduler).await)
+    }
+
+    /// An Events client.
+    pub async fn events(&self) -> EventsClient<Channel> {
+        EventsClient::new(Self::channel(self.events).await)
+    }
+
+    /// A Worker client.
+    pub async fn worker(&self) -> WorkerClient<Channel> {
+        WorkerClient::new(Self::channel(self.worker.expect("mesh started with a worker")).await)
+    }
+
+    /// Health status of `service` ("" for overall) at `addr`: 1 SERVING, 2 NOT_SERVING;
+    /// `None` when the call fails.
+    pub async fn health(addr: SocketAddr, service: &str) -> Option<i32> {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).ok()?.connect().await.ok()?;
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let resp =
+            client.check(tonic_health::pb::HealthCheckRequest { service: service.to_string() }).await.ok()?;
+        Some(resp.into_inner().status)
+    }
+
+    /// Stops every service and waits for them.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The Gateway: `aura.v1.Gateway`, the only public service. It forwards to the Scheduler
+//! and Events over balanced tonic channels, propagating the caller's deadline.
+//!
+//! # Layout
+//! - [`serve`] — wiring.
+//! - `service.rs`: the handlers (forwarding, `WatchRun`).
+//! - `upstream.rs`: channels to the internal services and deadline propagation.
+#![forbid(unsafe_code)]
+
+mod service;
+mod upstream;
+
+use std::time::Duration;
+
+use aura_common::{CancellationToken, grpc};
+use aura_proto::v1::gateway_server::GatewayServer;
+use tokio::net::TcpListener;
+
+pub use service::GatewayService;
+
+/// Gateway settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Scheduler endpoints.
+    pub scheduler_urls: Vec<String>,
+    /// Events endpoints.
+    pub events_urls: Vec<String>,
+    /// Redis URL (health; rate limits).
+    pub redis_url: String,
+    /// Largest request message accepted, bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            scheduler_urls: vec!["http://127.0.0.1:50052".into()],
+            events_urls: vec!["http://127.0.0.1:50054".into()],
+            redis_url: "redis://127.0.0.1:6379".into(),
+            max_message_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Serves the Gateway on `listener` until `shutdown`.
+pub async fn serve(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let redis = aura_common::redis::connect(&config.redis_url).await?;
+    let service = GatewayService::new(
+        upstream::channel(&config.scheduler_urls)?,
+        upstream::channel(&config.events_urls)?,
+        shutdown.clone(),
+    );
+    let (reporter, health) = grpc::health::<GatewayServer<GatewayService>>().await;
+    let health_task = grpc::follow_redis::<GatewayServer<GatewayService>>(
+        reporter,
+        redis,
+        Duration::from_secs(1),
+        shutdown.clone(),
+    );
+    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(grpc::reflection_v1())
+        .add_service(grpc::reflection_v1alpha())
+        .add_service(
+            GatewayServer::new(service)
+                .max_decoding_message_size(config.max_message_bytes)
+                .max_encoding_message_size(64 * 1024 * 1024),
+        )
+        .serve_with_incoming_shutdown(grpc::incoming(listener), shutdown.cancelled_owned())
+        .await?;
+    let _ = health_task.await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}

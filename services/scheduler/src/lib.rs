@@ -1,0 +1,97 @@
+//! The Scheduler service: `aura.v1.Scheduler` over [`aura_engine::Engine`].
+//!
+//! # Layout
+//! - [`serve`] — wiring (health following Redis, reflection, the lease reaper, drain).
+//! - `service.rs`: the RPC handlers, thin: convert, call the engine, convert back.
+//! - `convert.rs`: protobuf ⇄ engine types (the only place both meet).
+//! - `error.rs`: engine errors → gRPC statuses, in one function.
+#![forbid(unsafe_code)]
+
+pub mod convert;
+mod error;
+mod service;
+
+use std::time::Duration;
+
+use aura_common::{CancellationToken, grpc, redis::RedisConn};
+use aura_proto::v1::scheduler_server::SchedulerServer;
+use tokio::net::TcpListener;
+
+pub use error::to_status;
+pub use service::SchedulerService;
+
+/// Scheduler settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Redis URL (a comma-separated list means Redis Cluster).
+    pub redis_url: String,
+    /// Queue partitions (must not change while runs exist).
+    pub partitions: usize,
+    /// Key prefix in Redis.
+    pub prefix: String,
+    /// Largest accepted workflow spec, bytes.
+    pub max_spec_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            redis_url: "redis://127.0.0.1:6379".into(),
+            partitions: 1,
+            prefix: "aura".into(),
+            max_spec_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Builds the engine for `config`.
+pub async fn engine(
+    config: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(aura_engine::Engine, RedisConn)> {
+    let conn = aura_common::redis::connect(&config.redis_url).await?;
+    let keys = aura_queue::Keyspace::new(&config.prefix, config.partitions);
+    let queue = aura_queue::Queue::new(conn.clone(), &config.redis_url, keys, shutdown)?;
+    let bus = aura_bus::Bus::new(conn.clone(), &config.prefix, aura_bus::Retention::default());
+    let engine_config = aura_engine::EngineConfig {
+        max_spec_bytes: config.max_spec_bytes,
+        prefix: config.prefix.clone(),
+        ..Default::default()
+    };
+    Ok((aura_engine::Engine::new(queue, bus, engine_config), conn))
+}
+
+/// Serves the Scheduler on `listener` until `shutdown`, then drains: health turns
+/// NOT_SERVING, long polls return empty, in-flight calls finish.
+pub async fn serve(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (engine, conn) = engine(&config, shutdown.clone()).await?;
+    let (reporter, health) = grpc::health::<SchedulerServer<SchedulerService>>().await;
+    let health_task = grpc::follow_redis::<SchedulerServer<SchedulerService>>(
+        reporter,
+        conn,
+        Duration::from_secs(1),
+        shutdown.clone(),
+    );
+    let maintenance = {
+        let engine = engine.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { engine.run_maintenance(Duration::from_millis(500), shutdown).await })
+    };
+    let service = SchedulerService::new(engine, shutdown.clone());
+    tracing::info!(addr = %listener.local_addr()?, "scheduler listening");
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(grpc::reflection_v1())
+        .add_service(grpc::reflection_v1alpha())
+        .add_service(
+            SchedulerServer::new(service)
+                .max_decoding_message_size(16 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024),
+        )
+        .serve_with_incoming_shutdown(grpc::incoming(listener), shutdown.cancelled_owned())
+        .await?;
+    let _ = health_task.await;
+    let _ = maintenance.await;
+    tracing::info!("scheduler stopped");
+    Ok(())
+}

@@ -1,0 +1,405 @@
+//! Poll → execute → report.
+//!
+//! The runner polls for exactly as many tasks as it has free slots (backpressure), runs
+//! each on its own task with the step's timeout, batches results into one
+//! `ReportTaskResults` call per burst, and heartbeats every in-flight lease in one call per
+//! period; a heartbeat answering "cancelled" or "lost" aborts the step at once.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use aura_common::CancellationToken;
+use aura_proto::{json, v1 as pb};
+use aura_steps::{Executor, StepError, StepInput};
+use pb::scheduler_client::SchedulerClient;
+use tokio::sync::{Semaphore, mpsc};
+use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument;
+
+use crate::Config;
+
+/// How long one PollTasks waits. Short enough that a drain never waits long for the poll
+/// in flight (which is never cut: its tasks could be lost until their lease expires).
+const POLL_WAIT: Duration = Duration::from_secs(5);
+
+/// A balanced channel over the Scheduler endpoints.
+pub fn channel(urls: &[String]) -> anyhow::Result<Channel> {
+    let endpoints = urls
+        .iter()
+        .map(|u| {
+            Ok(Endpoint::from_shared(u.clone())?
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30)))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!endpoints.is_empty(), "no scheduler endpoint configured");
+    Ok(Channel::balance_list(endpoints.into_iter()))
+}
+
+struct InFlight {
+    lease_token: String,
+    kind: String,
+    abort: tokio::task::AbortHandle,
+}
+
+struct Inner {
+    config: Config,
+    client: SchedulerClient<Channel>,
+    executor: Executor,
+    slots: Arc<Semaphore>,
+    in_flight: Mutex<HashMap<String, InFlight>>,
+    results: mpsc::UnboundedSender<pb::TaskResult>,
+    results_rx: Mutex<Option<mpsc::UnboundedReceiver<pb::TaskResult>>>,
+    /// Stops polling (drain started).
+    draining: CancellationToken,
+    /// Set once the drain finished.
+    drained: tokio::sync::OnceCell<(u32, u32)>,
+    /// Stops the reporter once every result is sent.
+    reporter_stop: CancellationToken,
+    reporter_done: tokio::sync::Notify,
+    reporter_finished: AtomicBool,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// The worker's engine room. Cheap to clone.
+#[derive(Clone)]
+pub struct Runner {
+    inner: Arc<Inner>,
+}
+
+impl Runner {
+    /// A runner polling through `channel`.
+    pub fn new(config: Config, channel: Channel, executor: Executor) -> Self {
+        let (results, results_rx) = mpsc::unbounded_channel();
+        let client = SchedulerClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+        Runner {
+            inner: Arc::new(Inner {
+                slots: Arc::new(Semaphore::new(config.concurrency)),
+                config,
+                client,
+                executor,
+                in_flight: Mutex::new(HashMap::new()),
+                results,
+                results_rx: Mutex::new(Some(results_rx)),
+                draining: CancellationToken::new(),
+                drained: tokio::sync::OnceCell::new(),
+                reporter_stop: CancellationToken::new(),
+                reporter_done: tokio::sync::Notify::new(),
+                reporter_finished: AtomicBool::new(false),
+                succeeded: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, InFlight>> {
+        self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs until `shutdown` (then drains with the configured timeout) or a `Drain` call.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let rx = self.inner.results_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(rx) = rx else { return };
+        let reporter = tokio::spawn(self.clone().report_loop(rx));
+        let heartbeats = tokio::spawn(self.clone().heartbeat_loop());
+        let stop = self.inner.draining.clone();
+        tokio::select! {
+            _ = self.clone().poll_loop() => {}
+            _ = shutdown.cancelled() => {}
+            _ = stop.cancelled() => {}
+        }
+        self.drain(None).await;
+        let _ = reporter.await;
+        heartbeats.abort();
+    }
+
+    async fn poll_loop(self) {
+        let mut backoff = Duration::from_millis(100);
+        while !self.inner.draining.is_cancelled() {
+            // Wait for a free slot, then ask for as many tasks as there are free slots.
+            let Ok(first) = self.inner.slots.clone().acquire_owned().await else { return };
+            let want = 1 + self.inner.slots.available_permits();
+            drop(first);
+            let request = pb::PollTasksRequest {
+                worker_id: self.inner.config.worker_id.clone(),
+                queues: self.inner.config.queues.clone(),
+                max_tasks: want.min(1000) as u32,
+                wait: Some(prost_types::Duration { seconds: POLL_WAIT.as_secs() as i64, nanos: 0 }),
+            };
+            let mut client = self.inner.client.clone();
+            match client.poll_tasks(request).await {
+                Ok(resp) => {
+                    backoff = Duration::from_millis(100);
+                    for task in resp.into_inner().tasks {
+                        self.start(task);
+                    }
+                }
+                Err(status) => {
+                    tracing::warn!(code = ?status.code(), message = status.message(), "poll failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.inner.draining.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn start(&self, task: pb::Task) {
+        let Ok(permit) = self.inner.slots.clone().try_acquire_owned() else {
+            // More tasks than slots (should not happen): hand it back untouched.
+            let _ = self.inner.results.send(release(&task, "worker has no free slot"));
+            return;
+        };
+        if self.inner.draining.is_cancelled() {
+            let _ = self.inner.results.send(release(&task, "worker is draining"));
+            return;
+        }
+        let runner = self.clone();
+        let task_id = task.task_id.clone();
+        let lease_token = task.lease_token.clone();
+        let kind = task.kind.clone();
+        let mut in_flight = self.in_flight();
+        let handle = tokio::spawn(async move {
+            let result = runner.execute(&task).await;
+            // Only the runner that still owns the task reports it (a cancelled one does not).
+            if runner.in_flight().remove(&task.task_id).is_some() {
+                let _ = runner.inner.results.send(result);
+            }
+            drop(permit);
+        });
+        in_flight.insert(task_id, InFlight { lease_token, kind, abort: handle.abort_handle() });
+    }
+
+    async fn execute(&self, task: &pb::Task) -> pb::TaskResult {
+        let config = task.config.as_ref().map(json::struct_to_map).unwrap_or_default();
+        let input = task.input.as_ref().map(json::struct_to_map).unwrap_or_default();
+        let deps = task.dependency_outputs.iter().map(|(k, v)| (k.clone(), json::value_to_json(v))).collect();
+        let timeout = task
+            .timeout
+            .as_ref()
+            .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
+            .unwrap_or(Duration::from_secs(60));
+        let step = StepInput {
+            kind: &task.kind,
+            config: &config,
+            input: &input,
+            dependency_outputs: &deps,
+            timeout,
+        };
+        let span = tracing::info_span!("step", run_id = %task.run_id, step_id = %task.step_id, attempt = task.attempt, kind = %task.kind);
+        let outcome =
+            match tokio::time::timeout(timeout, self.inner.executor.run(&step).instrument(span)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(StepError::Retryable {
+                    message: format!("step timed out after {timeout:?}"),
+                    retry_after: None,
+                }),
+            };
+        let outcome = match outcome {
+            Ok(output) => {
+                self.inner.succeeded.fetch_add(1, Ordering::Relaxed);
+                pb::task_result::Outcome::Output(json::json_to_value(&output))
+            }
+            Err(err) => {
+                self.inner.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(error = %err, "step attempt failed");
+                let (retryable, retry_after) = match &err {
+                    StepError::Retryable { retry_after, .. } => (true, *retry_after),
+                    StepError::Fatal(_) => (false, None),
+                };
+                pb::task_result::Outcome::Error(pb::TaskError {
+                    message: err.to_string(),
+                    retryable,
+                    retry_after: retry_after.map(|d| prost_types::Duration {
+                        seconds: d.as_secs() as i64,
+                        nanos: d.subsec_nanos() as i32,
+                    }),
+                    release: false,
+                })
+            }
+        };
+        pb::TaskResult {
+            task_id: task.task_id.clone(),
+            lease_token: task.lease_token.clone(),
+            outcome: Some(outcome),
+        }
+    }
+
+    async fn report_loop(self, mut rx: mpsc::UnboundedReceiver<pb::TaskResult>) {
+        loop {
+            let first = tokio::select! {
+                r = rx.recv() => r,
+                _ = self.inner.reporter_stop.cancelled() => rx.try_recv().ok(),
+            };
+            let Some(first) = first else { break };
+            let mut batch = vec![first];
+            while batch.len() < 500 {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.send_results(batch).await;
+        }
+        self.inner.reporter_finished.store(true, Ordering::SeqCst);
+        self.inner.reporter_done.notify_waiters();
+    }
+
+    /// Sends a batch, retrying transport errors; a result the scheduler refuses (stale
+    /// lease: the task was handed to someone else) is only logged.
+    async fn send_results(&self, batch: Vec<pb::TaskResult>) {
+        let mut backoff = Duration::from_millis(50);
+        for attempt in 1..=20 {
+            let mut client = self.inner.client.clone();
+            let request = pb::ReportTaskResultsRequest {
+                worker_id: self.inner.config.worker_id.clone(),
+                results: batch.clone(),
+            };
+            match client.report_task_results(request).await {
+                Ok(resp) => {
+                    for ack in resp.into_inner().acks.into_iter().filter(|a| !a.accepted) {
+                        tracing::info!(task_id = %ack.task_id, reason = %ack.reason, "result refused");
+                    }
+                    return;
+                }
+                Err(status) => {
+                    tracing::warn!(attempt, code = ?status.code(), message = status.message(), "reporting results failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        tracing::error!(
+            results = batch.len(),
+            "giving up reporting results; their leases will expire and they will retry"
+        );
+    }
+
+    async fn heartbeat_loop(self) {
+        let every = self.inner.config.heartbeat_every;
+        let extend = (every * 5).max(Duration::from_secs(3));
+        loop {
+            tokio::time::sleep(every).await;
+            let leases: Vec<pb::TaskLease> = self
+                .in_flight()
+                .iter()
+                .map(|(id, f)| pb::TaskLease { task_id: id.clone(), lease_token: f.lease_token.clone() })
+                .collect();
+            if leases.is_empty() {
+                continue;
+            }
+            let request = pb::HeartbeatTasksRequest {
+                worker_id: self.inner.config.worker_id.clone(),
+                leases,
+                extend_by: Some(prost_types::Duration {
+                    seconds: extend.as_secs() as i64,
+                    nanos: extend.subsec_nanos() as i32,
+                }),
+            };
+            let mut client = self.inner.client.clone();
+            match client.heartbeat_tasks(request).await {
+                Ok(resp) => {
+                    for hb in resp.into_inner().heartbeats {
+                        let status =
+                            pb::LeaseStatus::try_from(hb.status).unwrap_or(pb::LeaseStatus::Unspecified);
+                        if matches!(status, pb::LeaseStatus::Cancelled | pb::LeaseStatus::Lost)
+                            && let Some(f) = self.in_flight().remove(&hb.task_id)
+                        {
+                            tracing::info!(task_id = %hb.task_id, ?status, "stopping task");
+                            f.abort.abort();
+                        }
+                    }
+                }
+                Err(status) => {
+                    tracing::warn!(code = ?status.code(), message = status.message(), "heartbeat failed")
+                }
+            }
+        }
+    }
+
+    /// Stops polling, lets in-flight tasks finish within `timeout` (default: the configured
+    /// drain timeout), hands the rest back, flushes results. Returns (finished, handed back).
+    /// Idempotent: a second call waits for the first and returns its numbers.
+    pub async fn drain(&self, timeout: Option<Duration>) -> (u32, u32) {
+        let this = self.clone();
+        *self
+            .inner
+            .drained
+            .get_or_init(|| async move {
+                this.inner.draining.cancel();
+                let at_start = this.in_flight().len() as u32;
+                let timeout = timeout.unwrap_or(this.inner.config.drain_timeout);
+                let deadline = tokio::time::Instant::now() + timeout;
+                while !this.in_flight().is_empty() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let leftovers: Vec<(String, InFlight)> = this.in_flight().drain().collect();
+                let handed_back = leftovers.len() as u32;
+                if handed_back > 0 {
+                    tracing::warn!(handed_back, "drain timeout reached; handing unfinished tasks back");
+                }
+                for (task_id, f) in leftovers {
+                    f.abort.abort();
+                    let _ = this.inner.results.send(pb::TaskResult {
+                        task_id,
+                        lease_token: f.lease_token,
+                        outcome: Some(pb::task_result::Outcome::Error(pb::TaskError {
+                            message: "worker drained before the step finished".into(),
+                            retryable: true,
+                            retry_after: None,
+                            release: true,
+                        })),
+                    });
+                }
+                let done = this.inner.reporter_done.notified();
+                this.inner.reporter_stop.cancel();
+                if !this.inner.reporter_finished.load(Ordering::SeqCst) {
+                    let _ = tokio::time::timeout(Duration::from_secs(30), done).await;
+                }
+                (at_start.saturating_sub(handed_back), handed_back)
+            })
+            .await
+    }
+
+    /// Capacity and load.
+    pub fn status(&self) -> pb::GetStatusResponse {
+        let in_flight = self.in_flight();
+        let mut by_kind: HashMap<String, u32> = HashMap::new();
+        for f in in_flight.values() {
+            *by_kind.entry(f.kind.clone()).or_default() += 1;
+        }
+        pb::GetStatusResponse {
+            worker_id: self.inner.config.worker_id.clone(),
+            version: aura_common::VERSION.to_string(),
+            capacity: self.inner.config.concurrency as u32,
+            in_flight: in_flight.len() as u32,
+            in_flight_by_kind: by_kind,
+            draining: self.inner.draining.is_cancelled(),
+            succeeded: self.inner.succeeded.load(Ordering::Relaxed),
+            failed: self.inner.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn release(task: &pb::Task, why: &str) -> pb::TaskResult {
+    pb::TaskResult {
+        task_id: task.task_id.clone(),
+        lease_token: task.lease_token.clone(),
+        outcome: Some(pb::task_result::Outcome::Error(pb::TaskError {
+            message: why.to_string(),
+            retryable: true,
+            retry_after: None,
+            release: true,
+        })),
+    }
+}

@@ -1,0 +1,184 @@
+//! The vertical slice through the Gateway, and bad input answered precisely.
+
+use std::time::Duration;
+
+use aura_e2e::{input, spec, wait_for_run};
+use aura_proto::v1 as pb;
+use aura_testkit::{
+    RedisServer,
+    mesh::{Mesh, MeshOptions},
+};
+use serde_json::json;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+#[tokio::test]
+async fn noop_run_succeeds_end_to_end_through_the_gateway() {
+    let redis = RedisServer::start();
+    let mesh = Mesh::start(&redis.url(), MeshOptions::default()).await;
+    let mut gw = mesh.gateway().await;
+    let wf = spec(json!({"name": "one", "steps": [{"id": "only", "kind": "noop"}]}));
+    let registered = gw
+        .register_workflow(pb::RegisterWorkflowRequest { spec: Some(wf.clone()) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(registered.created);
+    assert_eq!(registered.workflow.unwrap().version, 1);
+    // The same spec again is the same version; a changed one is the next.
+    let again = gw
+        .register_workflow(pb::RegisterWorkflowRequest { spec: Some(wf.clone()) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.created, again.workflow.unwrap().version), (false, 1));
+
+    let started = gw
+        .start_run(pb::StartRunRequest {
+            workflow_name: "one".into(),
+            input: input(json!({"x": 1})),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let run_id = started.run.unwrap().run_id;
+    let run = wait_for_run(&mut gw, &run_id, Duration::from_secs(20)).await;
+    assert_eq!(run.state, pb::RunState::Succeeded as i32, "{run:?}");
+    assert_eq!(run.steps[0].state, pb::StepState::Succeeded as i32);
+    assert_eq!(run.steps[0].attempts, 1);
+    let output = aura_proto::json::value_to_json(run.output.as_ref().unwrap());
+    assert_eq!(output, json!({"only": {"x": 1}}), "noop returns its input");
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn dag_passes_outputs_and_watch_streams_every_event_in_order() {
+    let redis = RedisServer::start();
+    let mesh = Mesh::start(&redis.url(), MeshOptions::default()).await;
+    let mut gw = mesh.gateway().await;
+    let wf = spec(json!({"name": "dag", "steps": [
+        {"id": "a", "kind": "noop"},
+        {"id": "b", "kind": "transform", "depends_on": ["a"], "config": {"jq": ".steps.a.output.n + 1"}},
+        {"id": "c", "kind": "transform", "depends_on": ["a"], "config": {"jq": ".steps.a.output.n * 10"}},
+        {"id": "d", "kind": "transform", "depends_on": ["b", "c"], "config": {"jq": ".steps.b.output + .steps.c.output"}},
+        {"id": "e", "kind": "delay", "depends_on": ["d"], "config": {"seconds": 0.2}}
+    ]}));
+    gw.register_workflow(pb::RegisterWorkflowRequest { spec: Some(wf) }).await.unwrap();
+    let run = gw
+        .start_run(pb::StartRunRequest {
+            workflow_name: "dag".into(),
+            input: input(json!({"n": 4})),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    let mut stream =
+        gw.watch_run(pb::WatchRunRequest { run_id: run.run_id.clone() }).await.unwrap().into_inner();
+    let mut types = Vec::new();
+    let mut offsets = Vec::new();
+    while let Some(event) = tokio_stream::StreamExt::next(&mut stream).await {
+        let event = event.unwrap();
+        offsets.push(event.offset.split(':').nth(1).unwrap().parse::<u64>().unwrap());
+        types.push(event.r#type);
+    }
+    assert_eq!(types.first().map(String::as_str), Some("run.queued"));
+    assert_eq!(types.last().map(String::as_str), Some("run.succeeded"), "the stream ends with the run");
+    assert_eq!(types.iter().filter(|t| *t == "step.succeeded").count(), 5);
+    assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "contiguous, in order: {offsets:?}");
+    let run = wait_for_run(&mut gw, &run.run_id, Duration::from_secs(20)).await;
+    assert_eq!(
+        aura_proto::json::value_to_json(run.output.as_ref().unwrap()),
+        json!({"e": {"delayed_seconds": 0.2}})
+    );
+    let d = run.steps.iter().find(|s| s.step_id == "d").unwrap();
+    assert_eq!(aura_proto::json::value_to_json(d.output.as_ref().unwrap()), json!(45));
+    mesh.stop().await;
+}
+
+fn bad_request_field(status: &tonic::Status) -> String {
+    let details = status.get_error_details();
+    details.bad_request().map(|b| b.field_violations[0].field.clone()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn bad_input_gets_precise_statuses() {
+    let redis = RedisServer::start();
+    let mesh = Mesh::start(&redis.url(), MeshOptions { worker_concurrency: 0, ..Default::default() }).await;
+    let mut gw = mesh.gateway().await;
+
+    let err = gw
+        .start_run(pb::StartRunRequest { workflow_name: "nope".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
+    let err = gw.start_run(pb::StartRunRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(bad_request_field(&err), "workflow_name");
+
+    let err = gw.register_workflow(pb::RegisterWorkflowRequest { spec: None }).await.unwrap_err();
+    assert_eq!((err.code(), bad_request_field(&err)), (Code::InvalidArgument, "spec".to_string()));
+
+    let cycle = spec(json!({"name": "c", "steps": [
+        {"id": "a", "kind": "noop", "depends_on": ["b"]}, {"id": "b", "kind": "noop", "depends_on": ["a"]}]}));
+    let err = gw.register_workflow(pb::RegisterWorkflowRequest { spec: Some(cycle) }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("cycle"), "{}", err.message());
+
+    let bad_jq = spec(
+        json!({"name": "j", "steps": [{"id": "t", "kind": "transform", "config": {"jq": ".[ | oops"}}]}),
+    );
+    let err = gw.register_workflow(pb::RegisterWorkflowRequest { spec: Some(bad_jq) }).await.unwrap_err();
+    assert_eq!(
+        (err.code(), bad_request_field(&err)),
+        (Code::InvalidArgument, "spec.steps[0].config.jq".to_string())
+    );
+
+    let err = gw.get_run(pb::GetRunRequest { run_id: "not-a-run".into() }).await.unwrap_err();
+    assert_eq!((err.code(), bad_request_field(&err)), (Code::InvalidArgument, "run_id".to_string()));
+    let err =
+        gw.get_run(pb::GetRunRequest { run_id: "01M8DGSVV95MAA71FYR8TEPFV6-0".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    let err = gw.poll_tasks(pb::PollTasksRequest { max_tasks: 1, ..Default::default() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = gw
+        .subscribe(pb::SubscribeRequest { patterns: vec!["a.>.b".into()], ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = gw
+        .subscribe(pb::SubscribeRequest {
+            patterns: vec!["a.b".into()],
+            from_offset: "garbage".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!((err.code(), bad_request_field(&err)), (Code::InvalidArgument, "from_offset".to_string()));
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn every_service_reports_serving_health() {
+    let redis = RedisServer::start();
+    let mesh = Mesh::start(&redis.url(), MeshOptions::default()).await;
+    for (addr, name) in [
+        (mesh.gateway, "aura.v1.Gateway"),
+        (mesh.scheduler, "aura.v1.Scheduler"),
+        (mesh.worker.unwrap(), "aura.v1.Worker"),
+        (mesh.events, "aura.v1.Events"),
+    ] {
+        aura_testkit::wait_until(&format!("{name} SERVING"), Duration::from_secs(10), || async move {
+            Mesh::health(addr, name).await == Some(1) && Mesh::health(addr, "").await == Some(1)
+        })
+        .await;
+    }
+    let status = mesh.worker().await.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.capacity, 16);
+    mesh.stop().await;
+}
