@@ -80,12 +80,37 @@ async fn dag_passes_outputs_and_watch_streams_every_event_in_order() {
         gw.watch_run(pb::WatchRunRequest { run_id: run.run_id.clone() }).await.unwrap().into_inner();
     let mut types = Vec::new();
     let mut offsets = Vec::new();
+    let mut step_events: Vec<(String, String)> = Vec::new();
     while let Some(event) = tokio_stream::StreamExt::next(&mut stream).await {
         let event = event.unwrap();
         offsets.push(event.offset.split(':').nth(1).unwrap().parse::<u64>().unwrap());
+        let payload = aura_proto::json::struct_to_json(event.payload.as_ref().unwrap());
+        assert_eq!(payload["run_id"], json!(run.run_id));
+        assert_eq!(payload["workflow"], json!("dag"));
+        if let Some(step) = payload["step_id"].as_str() {
+            step_events.push((step.to_string(), event.r#type.clone()));
+        }
         types.push(event.r#type);
     }
-    assert_eq!(types.first().map(String::as_str), Some("run.queued"));
+    // Events are in the order of the transitions themselves: each step is queued (roots
+    // at start), then started, then succeeded; a dependent is queued only after its parents.
+    assert_eq!(&types[..2], ["run.queued", "run.started"]);
+    let position = |step: &str, ty: &str| step_events.iter().position(|(s, t)| s == step && t == ty);
+    for step in ["a", "b", "c", "d", "e"] {
+        let started =
+            position(step, "step.started").unwrap_or_else(|| panic!("{step} started: {step_events:?}"));
+        let succeeded = position(step, "step.succeeded").unwrap();
+        assert!(started < succeeded, "{step_events:?}");
+        if step != "a" {
+            assert!(position(step, "step.queued").unwrap() < started, "{step_events:?}");
+        }
+    }
+    for (parent, child) in [("a", "b"), ("a", "c"), ("b", "d"), ("c", "d"), ("d", "e")] {
+        assert!(
+            position(parent, "step.succeeded").unwrap() < position(child, "step.queued").unwrap(),
+            "{step_events:?}"
+        );
+    }
     assert_eq!(types.last().map(String::as_str), Some("run.succeeded"), "the stream ends with the run");
     assert_eq!(types.iter().filter(|t| *t == "step.succeeded").count(), 5);
     assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "contiguous, in order: {offsets:?}");

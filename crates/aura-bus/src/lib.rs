@@ -14,7 +14,10 @@
 pub mod hub;
 pub mod topic;
 
-use std::{sync::LazyLock, time::Duration};
+use std::{
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use aura_common::redis::RedisConn;
 use redis::{AsyncCommands, Script, streams::StreamRangeReply};
@@ -94,22 +97,36 @@ impl Default for Retention {
     }
 }
 
+/// Maps a topic to the stream key it lives under, when that is not the default
+/// `<prefix>:ev:{<topic>}` (AURA's run topics live in their run's queue partition).
+pub type TopicRouter = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Publishing and history. Cheap to clone.
 #[derive(Clone)]
 pub struct Bus {
     conn: RedisConn,
     prefix: String,
     retention: Retention,
+    router: Option<TopicRouter>,
 }
 
 impl Bus {
     /// A bus on `conn` under key prefix `prefix` (e.g. `aura`).
     pub fn new(conn: RedisConn, prefix: &str, retention: Retention) -> Self {
-        Bus { conn, prefix: prefix.to_string(), retention }
+        Bus { conn, prefix: prefix.to_string(), retention, router: None }
+    }
+
+    /// Routes some topics to other stream keys (see [`TopicRouter`]).
+    pub fn with_router(mut self, router: TopicRouter) -> Self {
+        self.router = Some(router);
+        self
     }
 
     fn stream_key(&self, topic: &str) -> String {
-        format!("{}:ev:{{{topic}}}", self.prefix)
+        self.router
+            .as_ref()
+            .and_then(|route| route(topic))
+            .unwrap_or_else(|| format!("{}:ev:{{{topic}}}", self.prefix))
     }
 
     /// The pub/sub channel prefix.

@@ -61,7 +61,11 @@ pub async fn run_role(
             aura_worker::serve(config, listener, token).await
         }
         Role::Events => {
-            let config = aura_events::Config { redis_url: s.redis_url.clone(), ..Default::default() };
+            let config = aura_events::Config {
+                redis_url: s.redis_url.clone(),
+                partitions: s.partitions,
+                ..Default::default()
+            };
             aura_events::serve(config, listener, token).await
         }
     }

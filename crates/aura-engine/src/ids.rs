@@ -35,6 +35,16 @@ pub fn split_task_id(task_id: &str) -> Option<(&str, &str)> {
     task_id.split_once('.')
 }
 
+/// Where the events of run topics (`runs.<run_id>`) live: in the run's queue partition,
+/// written by the queue scripts themselves. Give this to `aura_bus::Bus::with_router`.
+pub fn run_topic_router(keys: aura_queue::Keyspace) -> aura_bus::TopicRouter {
+    std::sync::Arc::new(move |topic: &str| {
+        let run_id = topic.strip_prefix("runs.")?;
+        let p = partition_of_run(run_id, keys.partitions())?;
+        Some(format!("{}ev:runs.{run_id}", keys.partition(p)))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

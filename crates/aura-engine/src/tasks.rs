@@ -88,10 +88,10 @@ pub enum LeaseStatus {
     Lost,
 }
 
-/// An event about a run, published on `runs.<run_id>` and `workflows.<workflow>`.
+/// An event about a run, republished on `workflows.<workflow>` after the transition. (The
+/// run's own topic, `runs.<run_id>`, is written atomically by the queue scripts.)
 #[derive(Clone, Debug)]
 pub struct LifecycleEvent {
-    run_id: String,
     workflow: String,
     event_type: &'static str,
     payload: Json,
@@ -103,7 +103,7 @@ impl LifecycleEvent {
         if let (Json::Object(p), Json::Object(e)) = (&mut payload, extra) {
             p.extend(e);
         }
-        LifecycleEvent { run_id: run_id.into(), workflow: workflow.into(), event_type, payload }
+        LifecycleEvent { workflow: workflow.into(), event_type, payload }
     }
 
     fn step(run_id: &str, workflow: &str, step_id: &str, event_type: &'static str, extra: Json) -> Self {
@@ -117,16 +117,16 @@ impl LifecycleEvent {
 pub const MAX_TASKS_PER_POLL: usize = 1000;
 
 impl Engine {
-    /// Publishes lifecycle events (and counts run outcomes for metrics). A failure here is
-    /// logged, not returned: the transition it describes is already committed.
+    /// Republishes lifecycle events on `workflows.<name>` (an aggregate: best effort, and
+    /// events of concurrent runs interleave) and counts run outcomes for metrics. A failure
+    /// here is logged, not returned: the transition it describes is already committed.
     pub(crate) async fn emit(&self, events: Vec<LifecycleEvent>) {
         if events.is_empty() {
             return;
         }
-        let mut batch = Vec::with_capacity(events.len() * 2);
+        let mut batch = Vec::with_capacity(events.len());
         let mut counts: HashMap<(String, &'static str), u64> = HashMap::new();
         for e in &events {
-            batch.push((format!("runs.{}", e.run_id), e.event_type.to_string(), e.payload.clone()));
             batch.push((format!("workflows.{}", e.workflow), e.event_type.to_string(), e.payload.clone()));
             if let Some(what) = e.event_type.strip_prefix("run.") {
                 let what = if what == "queued" { "started" } else { what };

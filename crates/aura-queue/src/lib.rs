@@ -6,7 +6,9 @@
 //!   dead letters, pause/resume, stats, retention, stalled-job reaping.
 //! - Flows ([`Queue::start_flow`]): a DAG of jobs created atomically; a job becomes ready
 //!   when all its parents completed, so a fan-in job is enqueued exactly once however its
-//!   parents race. AURA's runs are flows.
+//!   parents race. AURA's runs are flows: each transition appends its lifecycle event
+//!   (`run.started`, `step.succeeded`, …) to the topic `runs.<flow id>` inside the same
+//!   script, in aura-bus's layout, so a run's events are in transition order.
 //! - [`keys`] — partitions and their hash tags (Redis Cluster friendly).
 //! - [`wake`] — blocking claims without polling Redis (pub/sub wake-ups).
 //! - `lua/`: every state transition, one script each.
@@ -67,6 +69,11 @@ impl Queue {
     ) -> Result<Self> {
         let waker = Waker::start(redis_url, keys.wake_prefix(), shutdown)?;
         Ok(Queue { conn, keys, waker })
+    }
+
+    /// The stream key of topic `runs.<flow>` for a flow in `partition` (aura-bus reads it).
+    pub fn flow_events_key(&self, partition: usize, flow: &str) -> String {
+        format!("{}ev:runs.{flow}", self.keys.partition(partition))
     }
 
     /// The key space (prefix and partitions).
@@ -365,8 +372,8 @@ impl Queue {
         flow_id: &str,
         reason: &str,
     ) -> Result<(String, Vec<String>)> {
-        let mut inv = scripts::CANCEL_FLOW.key(self.keys.route_key(partition));
-        inv.arg(self.keys.partition(partition)).arg(flow_id).arg(reason);
+        let mut inv = self.invocation(&scripts::CANCEL_FLOW, partition);
+        inv.arg(flow_id).arg(reason);
         let mut conn = self.conn.clone();
         Ok(inv.invoke_async(&mut conn).await?)
     }

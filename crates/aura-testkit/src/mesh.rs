@@ -66,7 +66,11 @@ impl Mesh {
             aura_scheduler::serve(config, sl, token).await.expect("scheduler")
         }));
 
-        let config = aura_events::Config { redis_url: redis_url.into(), ..Default::default() };
+        let config = aura_events::Config {
+            redis_url: redis_url.into(),
+            partitions: options.partitions,
+            ..Default::default()
+        };
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move { aura_events::serve(config, el, token).await.expect("events") }));
 

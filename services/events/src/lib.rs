@@ -30,6 +30,8 @@ pub struct Config {
     pub retention: Retention,
     /// Events buffered per subscriber before it is cut off as lagging.
     pub subscriber_buffer: usize,
+    /// Queue partitions (as the Scheduler's): run topics live in their run's partition.
+    pub partitions: usize,
 }
 
 impl Default for Config {
@@ -39,6 +41,7 @@ impl Default for Config {
             prefix: "aura".into(),
             retention: Retention::default(),
             subscriber_buffer: 1024,
+            partitions: 1,
         }
     }
 }
@@ -147,6 +150,12 @@ impl pb::events_server::Events for EventsService {
             return Err(status::invalid_field("topic", "is required"));
         }
         aura_bus::validate_topic(&req.topic).map_err(|e| status::invalid_field("topic", e.to_string()))?;
+        if req.topic.starts_with("runs.") {
+            return Err(status::invalid_field(
+                "topic",
+                "topics under runs. are reserved for AURA's run lifecycle events",
+            ));
+        }
         if req.r#type.is_empty() || req.r#type.len() > 128 {
             return Err(status::invalid_field("type", "must be 1-128 characters"));
         }
@@ -199,7 +208,9 @@ pub async fn service(
     shutdown: CancellationToken,
 ) -> anyhow::Result<(EventsService, aura_common::redis::RedisConn)> {
     let conn = aura_common::redis::connect(&config.redis_url).await?;
-    let bus = Bus::new(conn.clone(), &config.prefix, config.retention.clone());
+    let keys = aura_queue::Keyspace::new(&config.prefix, config.partitions);
+    let bus = Bus::new(conn.clone(), &config.prefix, config.retention.clone())
+        .with_router(aura_engine::ids::run_topic_router(keys));
     let hub = Hub::start(bus.clone(), &config.redis_url, config.subscriber_buffer, shutdown.clone())?;
     Ok((EventsService::new(bus, hub, shutdown), conn))
 }

@@ -25,8 +25,9 @@ for i = 0, n - 1 do
     done_by_lane[lane] = (done_by_lane[lane] or 0) + 1
     if flow and flow ~= '' then
       local ready = {}
-      release_dependents(P, WAKE, id, now, false, ready, nil)
-      out[#out + 1] = {1, ready, settle_flow(P, flow, now, 1)}
+      emit(P, WAKE, flow, 'step.succeeded', {step_id = step_of(id)}, now)
+      release_dependents(P, WAKE, flow, id, now, false, ready, nil)
+      out[#out + 1] = {1, ready, settle_flow(P, WAKE, flow, now, 1)}
     else
       redis.call('ZADD', P .. 'done', now, id)
       out[#out + 1] = {1, {}, ''}

@@ -15,6 +15,8 @@
 --   P.."f:"..flow               flow (run) hash
 --   P.."runs"                   flows by creation ms (listing)
 --   P.."idem:"..key             idempotency key -> flow id
+--   P.."ev:runs."..flow         the flow's event stream (topic `runs.<flow>`), with
+--                               ":epoch" and ":n" beside it, as aura-bus lays out topics
 -- Job hash fields: q lane, p priority, a attempts made, m max attempts, b backoff
 -- "initial_ms,multiplier,max_ms,jitter", t lease ms, d payload, s state, l lease token,
 -- e last error, r result, ts created, st started, ft finished; flow jobs also: f flow id,
@@ -26,6 +28,12 @@
 local PRIO_MAX = 1000
 local SEQ_SPAN = 8796093022208 -- 2^43: (PRIO_MAX + 1) * 2^43 stays below 2^53
 
+-- Lifecycle events of a flow (a run) are written here, inside the script that makes the
+-- transition, so their order on `runs.<flow>` is the order of the transitions themselves.
+-- The layout and message format are aura-bus's (see crates/aura-bus/src/lua/publish.lua).
+local EV_MAXLEN = 10000
+local EV_RETENTION_MS = 24 * 3600 * 1000
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -36,6 +44,43 @@ local function split(s)
   if s == nil or s == false or s == '' then return out end
   for part in string.gmatch(s, '[^,]+') do out[#out + 1] = part end
   return out
+end
+
+-- The pub/sub channel prefix of events, derived from the wake prefix "<prefix>:wake:".
+local function event_channel_prefix(WAKE)
+  return string.sub(WAKE, 1, -6) .. 'evc:'
+end
+
+-- Appends an event to the flow's stream and publishes it live. `fields` becomes the JSON
+-- payload, with run_id and workflow added.
+local function emit(P, WAKE, flow, etype, fields, now)
+  local key = P .. 'ev:runs.' .. flow
+  local epoch = redis.call('GET', key .. ':epoch')
+  if not epoch then
+    epoch = string.format('%x', now)
+    redis.call('SET', key .. ':epoch', epoch)
+  end
+  fields['run_id'] = flow
+  fields['workflow'] = redis.call('HGET', P .. 'f:' .. flow, 'ix') or ''
+  local payload = cjson.encode(fields)
+  local n = redis.call('INCR', key .. ':n')
+  redis.call('XADD', key, 'MAXLEN', '~', EV_MAXLEN, n .. '-0', 't', etype, 'p', payload, 'ts', now)
+  redis.call('PUBLISH', event_channel_prefix(WAKE) .. 'runs.' .. flow,
+    epoch .. '|' .. n .. '|' .. now .. '|' .. etype .. '|' .. payload)
+end
+
+-- A finished flow's events are kept for the retention period, then expire.
+local function expire_events(P, flow)
+  local key = P .. 'ev:runs.' .. flow
+  redis.call('PEXPIRE', key, EV_RETENTION_MS)
+  redis.call('PEXPIRE', key .. ':epoch', EV_RETENTION_MS)
+  redis.call('PEXPIRE', key .. ':n', EV_RETENTION_MS)
+end
+
+local function step_of(id)
+  local dot = string.find(id, '.', 1, true)
+  if dot then return string.sub(id, dot + 1) end
+  return id
 end
 
 local function lane_key(P, lane, what)
@@ -104,27 +149,32 @@ end
 
 -- Ends a flow: every job not finished yet is cancelled (running ones lose their lease, so
 -- their results are refused).
-local function end_flow(P, flow, state, err, now)
+local function end_flow(P, WAKE, flow, state, err, now)
   local fk = P .. 'f:' .. flow
   local cancelled = {}
   for _, id in ipairs(split(redis.call('HGET', fk, 'jobs'))) do
     if retire(P, id, 'x', now) then cancelled[#cancelled + 1] = id end
   end
   redis.call('HSET', fk, 'state', state, 'err', err, 'ft', now)
+  local fields = {error = err}
+  if state == 'cancelled' then fields = {reason = err} end
+  emit(P, WAKE, flow, 'run.' .. state, fields, now)
+  expire_events(P, flow)
   return cancelled
 end
 
 -- A flow job finished (completed, or failed with continue-on-failure): releases dependents
 -- whose parents are now all done (appending them to `ready`), or with `skip` marks every
 -- blocked dependent, transitively, as skipped (appending them to `skipped`).
-local function release_dependents(P, WAKE, id, now, skip, ready, skipped)
+local function release_dependents(P, WAKE, flow, id, now, skip, ready, skipped)
   for _, dep in ipairs(split(redis.call('HGET', P .. 'j:' .. id, 'n'))) do
     local dk = P .. 'j:' .. dep
     if skip then
       if redis.call('HGET', dk, 's') == 'b' then
         redis.call('HSET', dk, 's', 'k', 'ft', now)
         skipped[#skipped + 1] = dep
-        release_dependents(P, WAKE, dep, now, true, ready, skipped)
+        emit(P, WAKE, flow, 'step.skipped', {step_id = step_of(dep)}, now)
+        release_dependents(P, WAKE, flow, dep, now, true, ready, skipped)
       end
     elseif redis.call('HINCRBY', dk, 'pc', -1) == 0 then
       local d = redis.call('HMGET', dk, 's', 'q', 'p', 'dl')
@@ -138,6 +188,7 @@ local function release_dependents(P, WAKE, id, now, skip, ready, skipped)
           push_ready(P, WAKE, dep, d[2], tonumber(d[3]) or 0)
         end
         ready[#ready + 1] = dep
+        emit(P, WAKE, flow, 'step.queued', {step_id = step_of(dep)}, now)
       end
     end
   end
@@ -145,10 +196,12 @@ end
 
 -- Counts `finished` jobs of a flow as done; the last one ends the flow as succeeded.
 -- Returns the flow's new final state, or '' while jobs remain.
-local function settle_flow(P, flow, now, finished)
+local function settle_flow(P, WAKE, flow, now, finished)
   local fk = P .. 'f:' .. flow
   if redis.call('HINCRBY', fk, 'pending', -finished) <= 0 then
     redis.call('HSET', fk, 'state', 'succeeded', 'ft', now)
+    emit(P, WAKE, flow, 'run.succeeded', {}, now)
+    expire_events(P, flow)
     return 'succeeded'
   end
   return ''
@@ -169,6 +222,9 @@ local function fail_job(P, WAKE, id, err, retryable, retry_after, rand, now)
     local delay = backoff_ms(f[5], attempts, rand)
     if retry_after > delay then delay = retry_after end
     redis.call('HSET', jk, 'e', err, 'l', '')
+    if flow and flow ~= '' then
+      emit(P, WAKE, flow, 'step.retrying', {step_id = step_of(id), attempt = attempts, error = err, retry_at_ms = now + delay}, now)
+    end
     if delay > 0 then
       redis.call('HSET', jk, 's', 'd')
       push_delayed(P, WAKE, id, lane, now + delay)
@@ -182,12 +238,13 @@ local function fail_job(P, WAKE, id, err, retryable, retry_after, rand, now)
   redis.call('ZADD', lane_key(P, lane, 'dead'), now, id)
   stat(P, lane, 'dead', 1)
   if not flow or flow == '' then return {'dead', '', {}} end
+  emit(P, WAKE, flow, 'step.failed', {step_id = step_of(id), attempt = attempts, error = err}, now)
   if f[7] == '1' then
     local ready, skipped = {}, {}
-    release_dependents(P, WAKE, id, now, true, ready, skipped)
-    local state = settle_flow(P, flow, now, 1 + #skipped)
+    release_dependents(P, WAKE, flow, id, now, true, ready, skipped)
+    local state = settle_flow(P, WAKE, flow, now, 1 + #skipped)
     return {'dead', state, skipped}
   end
-  local cancelled = end_flow(P, flow, 'failed', 'step ' .. id .. ' failed: ' .. err, now)
+  local cancelled = end_flow(P, WAKE, flow, 'failed', 'step ' .. step_of(id) .. ' failed: ' .. err, now)
   return {'dead', 'failed', cancelled}
 end

@@ -33,6 +33,10 @@ for i = 4, #ARGV do
           end
         end
         redis.call('HSET', fk, 'state', 'running', 'err', '', 'ft', '')
+        for _, suffix in ipairs({'', ':epoch', ':n'}) do
+          redis.call('PERSIST', P .. 'ev:runs.' .. flow .. suffix)
+        end
+        emit(P, WAKE, flow, 'run.reopened', {step_id = step_of(id)}, now_ms())
       end
     end
   end

@@ -4,7 +4,8 @@
 -- KEYS[1]  P.."seq"
 -- ARGV[1]  P   ARGV[2]  WAKE   ARGV[3]  flow id   ARGV[4]  idempotency key ('' for none)
 -- ARGV[5]  idempotency ttl s   ARGV[6]  meta      ARGV[7]  input     ARGV[8]  delay_ms
--- ARGV[9]  priority            ARGV[10] index name ('' for none: adds to P.."runs:"..name)
+-- ARGV[9]  priority            ARGV[10] index name ('' for none: adds to P.."runs:"..name;
+--          also the `workflow` field of the flow's events)
 -- ARGV[11] n, then 10 values per job: id, lane, max_attempts, backoff, lease_ms, payload,
 --          parents (comma list), dependents (comma list), continue_on_failure (0/1),
 --          release delay ms (a job with one waits that long once it becomes ready: durable
@@ -21,7 +22,8 @@ local fk = P .. 'f:' .. flow
 local ids = {}
 for i = 0, n - 1 do ids[#ids + 1] = ARGV[12 + i * 10] end
 redis.call('HSET', fk, 'state', 'pending', 'pending', n, 'jobs', table.concat(ids, ','),
-  'meta', ARGV[6], 'in', ARGV[7], 'ts', now, 'p', prio, 'idem', idem)
+  'meta', ARGV[6], 'in', ARGV[7], 'ts', now, 'p', prio, 'idem', idem, 'ix', index)
+emit(P, WAKE, flow, 'run.queued', {}, now)
 redis.call('ZADD', P .. 'runs', now, flow)
 if index ~= '' then redis.call('ZADD', P .. 'runs:' .. index, now, flow) end
 for i = 0, n - 1 do
