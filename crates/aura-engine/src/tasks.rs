@@ -128,13 +128,16 @@ impl Engine {
         let mut counts: HashMap<(String, &'static str), u64> = HashMap::new();
         for e in &events {
             batch.push((format!("workflows.{}", e.workflow), e.event_type.to_string(), e.payload.clone()));
-            if let Some(what) = e.event_type.strip_prefix("run.") {
-                let what = if what == "queued" { "started" } else { what };
-                if let Some(what) =
-                    ["started", "succeeded", "failed", "cancelled"].into_iter().find(|w| *w == what)
-                {
-                    *counts.entry((e.workflow.clone(), what)).or_default() += 1;
-                }
+            // A run counts as started when accepted (`run.queued`), not at its first claim.
+            let counted = match e.event_type {
+                "run.queued" => Some("started"),
+                "run.succeeded" => Some("succeeded"),
+                "run.failed" => Some("failed"),
+                "run.cancelled" => Some("cancelled"),
+                _ => None,
+            };
+            if let Some(what) = counted {
+                *counts.entry((e.workflow.clone(), what)).or_default() += 1;
             }
         }
         if let Err(err) = self.bus.publish_batch(&batch).await {

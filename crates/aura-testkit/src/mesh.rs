@@ -16,13 +16,17 @@ use tonic::transport::Channel;
 pub struct MeshOptions {
     /// Queue partitions.
     pub partitions: usize,
-    /// Worker concurrency (0: no worker at all).
+    /// Concurrency of each worker (0: no worker at all).
     pub worker_concurrency: usize,
+    /// Scheduler replicas (gateway and workers balance over all of them).
+    pub schedulers: usize,
+    /// Worker replicas.
+    pub workers: usize,
 }
 
 impl Default for MeshOptions {
     fn default() -> Self {
-        MeshOptions { partitions: 1, worker_concurrency: 16 }
+        MeshOptions { partitions: 1, worker_concurrency: 16, schedulers: 1, workers: 1 }
     }
 }
 
@@ -30,9 +34,11 @@ impl Default for MeshOptions {
 pub struct Mesh {
     /// Gateway address.
     pub gateway: SocketAddr,
-    /// Scheduler address.
+    /// Scheduler address (the first replica).
     pub scheduler: SocketAddr,
-    /// Worker address (if started).
+    /// Every scheduler replica.
+    pub schedulers: Vec<SocketAddr>,
+    /// Worker address (the first worker, if any).
     pub worker: Option<SocketAddr>,
     /// Events address.
     pub events: SocketAddr,
@@ -50,21 +56,26 @@ impl Mesh {
     /// Starts the four services on `redis_url`.
     pub async fn start(redis_url: &str, options: MeshOptions) -> Mesh {
         let shutdown = CancellationToken::new();
-        let (sl, scheduler) = bind().await;
         let (el, events) = bind().await;
         let (gl, gateway) = bind().await;
         let mut tasks = Vec::new();
         let url = |a: SocketAddr| format!("http://{a}");
 
-        let config = aura_scheduler::Config {
-            redis_url: redis_url.into(),
-            partitions: options.partitions,
-            ..Default::default()
-        };
-        let token = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            aura_scheduler::serve(config, sl, token).await.expect("scheduler")
-        }));
+        let mut schedulers = Vec::new();
+        for _ in 0..options.schedulers.max(1) {
+            let (sl, addr) = bind().await;
+            schedulers.push(addr);
+            let config = aura_scheduler::Config {
+                redis_url: redis_url.into(),
+                partitions: options.partitions,
+                ..Default::default()
+            };
+            let token = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                aura_scheduler::serve(config, sl, token).await.expect("scheduler")
+            }));
+        }
+        let scheduler_urls: Vec<String> = schedulers.iter().map(|a| url(*a)).collect();
 
         let config = aura_events::Config {
             redis_url: redis_url.into(),
@@ -75,7 +86,7 @@ impl Mesh {
         tasks.push(tokio::spawn(async move { aura_events::serve(config, el, token).await.expect("events") }));
 
         let config = aura_gateway::Config {
-            scheduler_urls: vec![url(scheduler)],
+            scheduler_urls: scheduler_urls.clone(),
             events_urls: vec![url(events)],
             redis_url: redis_url.into(),
             ..Default::default()
@@ -85,25 +96,27 @@ impl Mesh {
             async move { aura_gateway::serve(config, gl, token).await.expect("gateway") },
         ));
 
-        let worker = if options.worker_concurrency > 0 {
-            let (wl, worker) = bind().await;
-            let config = aura_worker::Config {
-                scheduler_urls: vec![url(scheduler)],
-                redis_url: redis_url.into(),
-                concurrency: options.worker_concurrency,
-                drain_timeout: Duration::from_secs(5),
-                worker_id: "test-worker".into(),
-                ..Default::default()
-            };
-            let token = shutdown.clone();
-            tasks.push(tokio::spawn(
-                async move { aura_worker::serve(config, wl, token).await.expect("worker") },
-            ));
-            Some(worker)
-        } else {
-            None
-        };
-        Mesh { gateway, scheduler, worker, events, shutdown, tasks }
+        let mut worker = None;
+        if options.worker_concurrency > 0 {
+            for i in 0..options.workers.max(1) {
+                let (wl, addr) = bind().await;
+                worker.get_or_insert(addr);
+                let config = aura_worker::Config {
+                    scheduler_urls: scheduler_urls.clone(),
+                    redis_url: redis_url.into(),
+                    concurrency: options.worker_concurrency,
+                    drain_timeout: Duration::from_secs(5),
+                    worker_id: format!("test-worker-{i}"),
+                    ..Default::default()
+                };
+                let token = shutdown.clone();
+                tasks.push(tokio::spawn(async move {
+                    aura_worker::serve(config, wl, token).await.expect("worker")
+                }));
+            }
+        }
+        let scheduler = schedulers[0];
+        Mesh { gateway, scheduler, schedulers, worker, events, shutdown, tasks }
     }
 
     /// A connected channel to `addr`.
