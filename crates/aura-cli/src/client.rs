@@ -8,7 +8,7 @@ use pb::gateway_client::GatewayClient;
 use tokio_stream::StreamExt;
 use tonic::{Request, transport::Channel};
 
-use crate::config::{ClientOpts, EventsCmd, QueueCmd, RunCmd, WorkflowCmd};
+use crate::config::{ClientOpts, EventsCmd, QueueCmd, RunCmd, ScheduleCmd, WorkflowCmd};
 
 struct Client {
     inner: GatewayClient<Channel>,
@@ -326,6 +326,58 @@ pub async fn queue(opts: ClientOpts, cmd: QueueCmd) -> anyhow::Result<()> {
         "waiting    {}\ndelayed    {}\nactive     {}\ncompleted  {}\nfailed     {}\ndead       {}",
         s.waiting, s.delayed, s.active, s.completed, s.failed, s.dead
     );
+    Ok(())
+}
+
+pub async fn schedule(opts: ClientOpts, cmd: ScheduleCmd) -> anyhow::Result<()> {
+    let mut c = Client::connect(&opts).await?;
+    match cmd {
+        ScheduleCmd::Create { workflow, cron, input } => {
+            let input: serde_json::Value =
+                serde_json::from_str(&input).context("--input must be a JSON object")?;
+            let input = json::json_to_struct(&input).context("--input must be a JSON object")?;
+            let req = pb::CreateScheduleRequest {
+                workflow_name: workflow,
+                workflow_version: 0,
+                cron,
+                input: Some(input),
+            };
+            let s = c
+                .inner
+                .create_schedule(c.req(req))
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .schedule
+                .unwrap_or_default();
+            println!("schedule {} created; next run at {}", s.schedule_id, ts(&s.next_fire_time));
+        }
+        ScheduleCmd::List => {
+            let resp = c
+                .inner
+                .list_schedules(c.req(pb::ListSchedulesRequest {}))
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            println!("{:<28} {:<24} {:<20} NEXT", "SCHEDULE", "WORKFLOW", "CRON");
+            for s in resp.schedules {
+                println!(
+                    "{:<28} {:<24} {:<20} {}",
+                    s.schedule_id,
+                    s.workflow_name,
+                    s.cron,
+                    ts(&s.next_fire_time)
+                );
+            }
+        }
+        ScheduleCmd::Delete { schedule_id } => {
+            c.inner
+                .delete_schedule(c.req(pb::DeleteScheduleRequest { schedule_id: schedule_id.clone() }))
+                .await
+                .map_err(status_err)?;
+            println!("schedule {schedule_id} deleted");
+        }
+    }
     Ok(())
 }
 

@@ -50,6 +50,9 @@ pub enum Command {
     /// Queue administration.
     #[command(subcommand)]
     Queue(QueueCmd),
+    /// Cron schedules.
+    #[command(subcommand)]
+    Schedule(ScheduleCmd),
     /// Event streams.
     #[command(subcommand)]
     Events(EventsCmd),
@@ -376,5 +379,27 @@ pub enum EventsCmd {
         /// Resume after this offset (single concrete topic).
         #[arg(long)]
         from: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScheduleCmd {
+    /// Start a run of WORKFLOW at every tick of a cron expression (UTC).
+    Create {
+        /// Workflow name.
+        workflow: String,
+        /// Cron: 5 fields, or 6 with leading seconds.
+        #[arg(long)]
+        cron: String,
+        /// Input of every run, a JSON object.
+        #[arg(long, default_value = "{}")]
+        input: String,
+    },
+    /// List schedules.
+    List,
+    /// Delete a schedule.
+    Delete {
+        /// Schedule id.
+        schedule_id: String,
     },
 }

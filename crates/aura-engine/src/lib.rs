@@ -9,6 +9,7 @@
 //! - [`tasks`] — the task API workers call (poll, report, heartbeat) and the lease reaper,
 //!   publishing every run and step transition as an event.
 //! - [`metrics`] — per-minute run counters in Redis behind `GetMetrics`.
+//! - [`schedules`] — cron schedules that fire once per tick across replicas.
 #![forbid(unsafe_code)]
 
 mod error;
@@ -16,6 +17,7 @@ pub mod ids;
 pub mod metrics;
 pub mod registry;
 pub mod runs;
+pub mod schedules;
 pub mod spec;
 pub mod tasks;
 

@@ -207,4 +207,25 @@ impl pb::gateway_server::Gateway for GatewayService {
     ) -> Result<Response<pb::RetryDeadLetterResponse>, Status> {
         to_scheduler!(self, retry_dead_letter, req)
     }
+
+    async fn create_schedule(
+        &self,
+        req: Request<pb::CreateScheduleRequest>,
+    ) -> Result<Response<pb::CreateScheduleResponse>, Status> {
+        to_scheduler!(self, create_schedule, req)
+    }
+
+    async fn list_schedules(
+        &self,
+        req: Request<pb::ListSchedulesRequest>,
+    ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        to_scheduler!(self, list_schedules, req)
+    }
+
+    async fn delete_schedule(
+        &self,
+        req: Request<pb::DeleteScheduleRequest>,
+    ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
+        to_scheduler!(self, delete_schedule, req)
+    }
 }

@@ -246,3 +246,16 @@ pub fn queue_stats_to_pb(s: aura_queue::QueueStats) -> pb::QueueStats {
         paused: s.paused,
     }
 }
+
+/// See the module docs.
+pub fn schedule_to_pb(s: &aura_engine::schedules::Schedule, next_ms: u64) -> pb::Schedule {
+    pb::Schedule {
+        schedule_id: s.schedule_id.clone(),
+        workflow_name: s.workflow_name.clone(),
+        workflow_version: s.workflow_version,
+        cron: s.cron.clone(),
+        input: Some(json::map_to_struct(&s.input)),
+        created_at: timestamp(s.created_at_ms),
+        next_fire_time: timestamp(next_ms),
+    }
+}

@@ -77,6 +77,11 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         let shutdown = shutdown.clone();
         tokio::spawn(async move { engine.run_maintenance(Duration::from_millis(500), shutdown).await })
     };
+    let schedules = {
+        let engine = engine.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { engine.run_schedules(Duration::from_millis(250), shutdown).await })
+    };
     let service = SchedulerService::new(engine, shutdown.clone());
     tracing::info!(addr = %listener.local_addr()?, "scheduler listening");
     tonic::transport::Server::builder()
@@ -92,6 +97,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         .await?;
     let _ = health_task.await;
     let _ = maintenance.await;
+    let _ = schedules.await;
     tracing::info!("scheduler stopped");
     Ok(())
 }

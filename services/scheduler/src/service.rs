@@ -384,6 +384,40 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         }
         Ok(Response::new(pb::RetryDeadLetterResponse { retried: retried as u32 }))
     }
+
+    async fn create_schedule(
+        &self,
+        req: Request<pb::CreateScheduleRequest>,
+    ) -> Reply<pb::CreateScheduleResponse> {
+        let req = req.into_inner();
+        let input = req.input.as_ref().map(json::struct_to_map).unwrap_or_default();
+        let (schedule, next) = self
+            .engine
+            .create_schedule(&req.workflow_name, req.workflow_version, &req.cron, input)
+            .await
+            .map_err(to_status)?;
+        tracing::info!(schedule_id = %schedule.schedule_id, cron = %schedule.cron, workflow = %schedule.workflow_name, "schedule created");
+        Ok(Response::new(pb::CreateScheduleResponse { schedule: Some(schedule_to_pb(&schedule, next)) }))
+    }
+
+    async fn list_schedules(&self, _: Request<pb::ListSchedulesRequest>) -> Reply<pb::ListSchedulesResponse> {
+        let all = self.engine.list_schedules().await.map_err(to_status)?;
+        Ok(Response::new(pb::ListSchedulesResponse {
+            schedules: all.iter().map(|(s, next)| schedule_to_pb(s, *next)).collect(),
+        }))
+    }
+
+    async fn delete_schedule(
+        &self,
+        req: Request<pb::DeleteScheduleRequest>,
+    ) -> Reply<pb::DeleteScheduleResponse> {
+        let id = req.into_inner().schedule_id;
+        if id.is_empty() {
+            return Err(status::invalid_field("schedule_id", "is required"));
+        }
+        self.engine.delete_schedule(&id).await.map_err(to_status)?;
+        Ok(Response::new(pb::DeleteScheduleResponse {}))
+    }
 }
 
 fn item_error(status: Status) -> pb::StartRunResult {
