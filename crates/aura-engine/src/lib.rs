@@ -43,6 +43,8 @@ pub struct EngineConfig {
     pub idempotency_ttl: std::time::Duration,
     /// Key prefix in Redis.
     pub prefix: String,
+    /// How long finished runs (with their steps and events) and plain jobs are kept.
+    pub retention: aura_queue::Retention,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +53,7 @@ impl Default for EngineConfig {
             max_spec_bytes: 1024 * 1024,
             idempotency_ttl: std::time::Duration::from_secs(24 * 3600),
             prefix: "aura".into(),
+            retention: aura_queue::Retention::default(),
         }
     }
 }

@@ -408,7 +408,7 @@ impl Engine {
                 }
                 Err(err) => tracing::debug!(%err, "reaper pass failed"),
             }
-            if let Err(err) = self.queue.trim(10_000, Duration::from_secs(24 * 3600)).await {
+            if let Err(err) = self.queue.trim(&self.config.retention).await {
                 tracing::debug!(%err, "retention pass failed");
             }
         }

@@ -352,17 +352,24 @@ impl Queue {
         Ok(out)
     }
 
-    /// Applies retention to finished plain jobs: at most `keep`, none older than `max_age`.
-    pub async fn trim(&self, keep: u64, max_age: Duration) -> Result<u64> {
-        let mut total = 0;
+    /// Applies retention: finished plain jobs and finished flows (with their jobs and
+    /// events) beyond `retention` are deleted. Returns (jobs, flows) deleted.
+    pub async fn trim(&self, retention: &Retention) -> Result<(u64, u64)> {
+        let (mut jobs, mut flows) = (0, 0);
         for p in 0..self.keys.partitions() {
             let mut inv = scripts::TRIM.key(self.keys.route_key(p));
-            inv.arg(self.keys.partition(p)).arg(keep).arg(max_age.as_millis() as u64).arg(1000);
+            inv.arg(self.keys.partition(p))
+                .arg(retention.jobs)
+                .arg(retention.job_age.as_millis() as u64)
+                .arg(1000)
+                .arg(retention.flows)
+                .arg(retention.flow_age.as_millis() as u64);
             let mut conn = self.conn.clone();
-            let n: u64 = inv.invoke_async(&mut conn).await?;
-            total += n;
+            let (j, f): (u64, u64) = inv.invoke_async(&mut conn).await?;
+            jobs += j;
+            flows += f;
         }
-        Ok(total)
+        Ok((jobs, flows))
     }
 
     /// Cancels a flow; returns its state afterwards and the jobs that were cancelled.

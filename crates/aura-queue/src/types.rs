@@ -452,3 +452,27 @@ pub(crate) fn parse_heartbeat(reply: Value) -> Result<Vec<HeartbeatOutcome>> {
         })
         .collect()
 }
+
+/// How long finished work is kept.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Retention {
+    /// Most finished plain jobs kept per partition.
+    pub jobs: u64,
+    /// Oldest finished plain job kept.
+    pub job_age: Duration,
+    /// Most finished flows (runs) kept per partition.
+    pub flows: u64,
+    /// Oldest finished flow kept.
+    pub flow_age: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            jobs: 10_000,
+            job_age: Duration::from_secs(24 * 3600),
+            flows: 100_000,
+            flow_age: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}

@@ -251,7 +251,8 @@ async fn retention_trims_finished_jobs() {
     q.complete(claimed.into_iter().map(|j| Completion { lease: j.lease, result: String::new() }).collect())
         .await
         .unwrap();
-    assert_eq!(q.trim(5, Duration::from_secs(3600)).await.unwrap(), 15);
+    let retention = Retention { jobs: 5, job_age: Duration::from_secs(3600), ..Retention::default() };
+    assert_eq!(q.trim(&retention).await.unwrap(), (15, 0));
     let mut conn = redis.client();
     let left: Vec<String> = redis::cmd("KEYS").arg("aura:*j:*").query(&mut conn).unwrap();
     assert_eq!(left.len(), 5);
@@ -461,4 +462,39 @@ async fn released_job_is_ready_at_once_without_counting_an_attempt() {
     let again = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
     assert_eq!(again.attempt, 1);
     assert_eq!(q.stats("q").await.unwrap().active, 1);
+}
+
+#[tokio::test]
+async fn retention_deletes_finished_flows_with_their_jobs_and_events() {
+    let redis = RedisServer::start();
+    let q = queue_on(&redis.url(), 1).await;
+    for f in ["old", "new"] {
+        let mut flow = diamond(f, 2);
+        flow.idempotency_key = format!("key-{f}");
+        flow.index = "wf".into();
+        q.start_flow(0, flow).await.unwrap();
+        loop {
+            let jobs = q.claim(&lanes("q"), 10).await.unwrap().jobs;
+            if jobs.is_empty() {
+                break;
+            }
+            q.complete(jobs.into_iter().map(|j| Completion { lease: j.lease, result: "1".into() }).collect())
+                .await
+                .unwrap();
+        }
+    }
+    // A running flow is never trimmed.
+    q.start_flow(0, diamond("running", 1)).await.unwrap();
+    let retention = Retention { flows: 1, ..Retention::default() };
+    assert_eq!(q.trim(&retention).await.unwrap(), (0, 1));
+    let mut conn = redis.client();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*old*").query(&mut conn).unwrap();
+    assert!(keys.is_empty(), "left behind: {keys:?}");
+    let idem: Option<String> =
+        redis::cmd("GET").arg(format!("{}idem:key-old", q.keys().partition(0))).query(&mut conn).unwrap();
+    assert_eq!(idem, None);
+    let kept: Vec<String> = redis::cmd("KEYS").arg("*new*").query(&mut conn).unwrap();
+    assert!(kept.len() >= 4, "the newest finished flow is kept: {kept:?}");
+    let running: Vec<String> = redis::cmd("KEYS").arg("*running*").query(&mut conn).unwrap();
+    assert!(!running.is_empty());
 }

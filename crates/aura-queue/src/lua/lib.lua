@@ -14,6 +14,7 @@
 --   P.."done"                   finished plain jobs (for retention), score = finished ms
 --   P.."f:"..flow               flow (run) hash
 --   P.."runs"                   flows by creation ms (listing)
+--   P.."fdone"                  finished flows by finish ms (retention)
 --   P.."idem:"..key             idempotency key -> flow id
 --   P.."ev:runs."..flow         the flow's event stream (topic `runs.<flow>`), with
 --                               ":epoch" and ":n" beside it, as aura-bus lays out topics
@@ -156,6 +157,7 @@ local function end_flow(P, WAKE, flow, state, err, now)
     if retire(P, id, 'x', now) then cancelled[#cancelled + 1] = id end
   end
   redis.call('HSET', fk, 'state', state, 'err', err, 'ft', now)
+  redis.call('ZADD', P .. 'fdone', now, flow)
   local fields = {error = err}
   if state == 'cancelled' then fields = {reason = err} end
   emit(P, WAKE, flow, 'run.' .. state, fields, now)
@@ -200,6 +202,7 @@ local function settle_flow(P, WAKE, flow, now, finished)
   local fk = P .. 'f:' .. flow
   if redis.call('HINCRBY', fk, 'pending', -finished) <= 0 then
     redis.call('HSET', fk, 'state', 'succeeded', 'ft', now)
+    redis.call('ZADD', P .. 'fdone', now, flow)
     emit(P, WAKE, flow, 'run.succeeded', {}, now)
     expire_events(P, flow)
     return 'succeeded'

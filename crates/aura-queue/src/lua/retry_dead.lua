@@ -33,6 +33,7 @@ for i = 4, #ARGV do
           end
         end
         redis.call('HSET', fk, 'state', 'running', 'err', '', 'ft', '')
+        redis.call('ZREM', P .. 'fdone', flow)
         for _, suffix in ipairs({'', ':epoch', ':n'}) do
           redis.call('PERSIST', P .. 'ev:runs.' .. flow .. suffix)
         end
