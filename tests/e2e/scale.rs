@@ -169,3 +169,64 @@ async fn every_acknowledged_run_finishes_across_a_redis_crash_with_aof_always() 
     }
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn runs_beyond_a_workflows_concurrency_limit_wait_their_turn() {
+    let redis = RedisServer::start();
+    let mesh =
+        Mesh::start(&redis.url(), MeshOptions { worker_concurrency: 0, partitions: 3, ..Default::default() })
+            .await;
+    let mut gw = mesh.gateway().await;
+    // An external step: the test itself is the worker, so nothing depends on timing.
+    let mut wf = spec(
+        json!({"name": "limited", "steps": [{"id": "x", "kind": "external", "config": {"queue": "lim"}}]}),
+    );
+    wf.max_concurrent_runs = 2;
+    gw.register_workflow(pb::RegisterWorkflowRequest { spec: Some(wf) }).await.unwrap();
+    let mut run_ids = Vec::new();
+    for i in 0..5 {
+        let req = pb::StartRunRequest {
+            workflow_name: "limited".into(),
+            input: input(json!({"i": i})),
+            ..Default::default()
+        };
+        run_ids.push(gw.start_run(req).await.unwrap().into_inner().run.unwrap().run_id);
+    }
+    let poll = |gw: &mut pb::gateway_client::GatewayClient<tonic::transport::Channel>| {
+        let mut gw = gw.clone();
+        async move {
+            let req = pb::PollTasksRequest {
+                worker_id: "test".into(),
+                queues: vec!["lim".into()],
+                max_tasks: 10,
+                wait: Some(prost_types::Duration { seconds: 0, nanos: 200_000_000 }),
+            };
+            gw.poll_tasks(req).await.unwrap().into_inner().tasks
+        }
+    };
+    let first = poll(&mut gw).await;
+    assert_eq!(
+        first.iter().map(|t| t.run_id.clone()).collect::<Vec<_>>(),
+        run_ids[..2],
+        "only two runs are let in"
+    );
+    let report = pb::ReportTaskResultsRequest {
+        worker_id: "test".into(),
+        results: vec![pb::TaskResult {
+            task_id: first[0].task_id.clone(),
+            lease_token: first[0].lease_token.clone(),
+            outcome: Some(pb::task_result::Outcome::Output(aura_proto::json::json_to_value(&json!("done")))),
+        }],
+    };
+    gw.report_task_results(report).await.unwrap();
+    let next = poll(&mut gw).await;
+    assert_eq!(
+        next.iter().map(|t| t.run_id.clone()).collect::<Vec<_>>(),
+        vec![run_ids[2].clone()],
+        "the next in line starts"
+    );
+    let waiting =
+        gw.get_run(pb::GetRunRequest { run_id: run_ids[4].clone() }).await.unwrap().into_inner().run.unwrap();
+    assert_eq!(waiting.state, pb::RunState::Pending as i32);
+    mesh.stop().await;
+}

@@ -211,7 +211,12 @@ impl Engine {
         }
         let wf = self.registry.get(&req.workflow_name, req.workflow_version).await?;
         let keys = self.queue.keys();
-        let partition = if req.idempotency_key.is_empty() {
+        // A concurrency limit is counted in one place: every run of such a workflow lives in
+        // the workflow's partition. Otherwise runs spread, and duplicates of an idempotency
+        // key meet in its partition.
+        let partition = if wf.spec.max_concurrent_runs > 0 {
+            keys.partition_of(&wf.spec.name)
+        } else if req.idempotency_key.is_empty() {
             rand::random_range(0..keys.partitions())
         } else {
             keys.partition_of(&req.idempotency_key)
@@ -254,6 +259,7 @@ impl Engine {
             delay: req.delay,
             priority: req.priority as u16,
             index: spec.name.clone(),
+            concurrency_limit: spec.max_concurrent_runs,
             jobs,
         };
         let start = self.queue.start_flow(partition, flow).await?;

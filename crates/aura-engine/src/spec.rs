@@ -37,6 +37,9 @@ pub struct WorkflowSpec {
     /// Defaults for every step.
     #[serde(default, skip_serializing_if = "StepDefaults::is_empty")]
     pub defaults: StepDefaults,
+    /// At most this many runs active at once; the rest wait in order (0: no limit).
+    #[serde(default, skip_serializing_if = "is_zero32")]
+    pub max_concurrent_runs: u32,
 }
 
 /// One step.

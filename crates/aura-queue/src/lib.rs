@@ -143,6 +143,7 @@ impl Queue {
             .arg(flow.delay.as_millis() as u64)
             .arg(flow.priority)
             .arg(&flow.index)
+            .arg(flow.concurrency_limit)
             .arg(flow.jobs.len());
         for job in &flow.jobs {
             inv.arg(&job.id)

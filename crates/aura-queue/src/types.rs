@@ -170,6 +170,10 @@ pub struct NewFlow {
     pub priority: u16,
     /// Secondary listing index ('' for none), e.g. the workflow name.
     pub index: String,
+    /// At most this many flows of the same `index` run at once in this partition; the rest
+    /// wait, FIFO (0: no limit). Callers wanting a global limit put every flow of the
+    /// index in one partition.
+    pub concurrency_limit: u32,
     /// The jobs, parents before children not required.
     pub jobs: Vec<FlowJob>,
 }

@@ -289,6 +289,7 @@ fn diamond(flow: &str, parents: usize) -> NewFlow {
         delay: Duration::ZERO,
         priority: 0,
         index: String::new(),
+        concurrency_limit: 0,
         jobs,
     }
 }
@@ -497,4 +498,32 @@ async fn retention_deletes_finished_flows_with_their_jobs_and_events() {
     assert!(kept.len() >= 4, "the newest finished flow is kept: {kept:?}");
     let running: Vec<String> = redis::cmd("KEYS").arg("*running*").query(&mut conn).unwrap();
     assert!(!running.is_empty());
+}
+
+#[tokio::test]
+async fn flows_beyond_the_concurrency_limit_wait_and_start_in_order() {
+    let redis = RedisServer::start();
+    let q = queue_on(&redis.url(), 1).await;
+    for i in 0..5 {
+        let mut flow = diamond(&format!("g{i}"), 1);
+        flow.index = "limited".into();
+        flow.concurrency_limit = 2;
+        q.start_flow(0, flow).await.unwrap();
+    }
+    // Only two flows are let in: their roots are the only claimable jobs.
+    let first = q.claim(&lanes("q"), 100).await.unwrap().jobs;
+    let ids: Vec<_> = first.iter().map(|j| j.lease.id.as_str()).collect();
+    assert_eq!(ids, vec!["g0.p0", "g1.p0"]);
+    // Finishing g0 (root, then join) frees a slot: g2 starts.
+    q.complete(vec![Completion { lease: first[0].lease.clone(), result: "1".into() }]).await.unwrap();
+    let join = q.claim(&lanes("q"), 100).await.unwrap().jobs;
+    assert_eq!(join.iter().map(|j| j.lease.id.as_str()).collect::<Vec<_>>(), vec!["g0.join"]);
+    q.complete(vec![Completion { lease: join[0].lease.clone(), result: "1".into() }]).await.unwrap();
+    let next = q.claim(&lanes("q"), 100).await.unwrap().jobs;
+    assert_eq!(next.iter().map(|j| j.lease.id.as_str()).collect::<Vec<_>>(), vec!["g2.p0"]);
+    // Cancelling a waiting flow skips it; cancelling a running one frees its slot.
+    q.cancel_flow(0, "g3", "no longer needed").await.unwrap();
+    q.cancel_flow(0, "g1", "no longer needed").await.unwrap();
+    let next = q.claim(&lanes("q"), 100).await.unwrap().jobs;
+    assert_eq!(next.iter().map(|j| j.lease.id.as_str()).collect::<Vec<_>>(), vec!["g4.p0"]);
 }

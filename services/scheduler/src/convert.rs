@@ -90,6 +90,7 @@ pub fn spec_from_pb(spec: Option<pb::WorkflowSpec>) -> Result<WorkflowSpec, Engi
             retry: retry_from_pb("spec.defaults.retry", defaults.retry.as_ref())?,
             timeout_ms: duration_ms("spec.defaults.timeout", defaults.timeout.as_ref())?,
         },
+        max_concurrent_runs: spec.max_concurrent_runs,
     })
 }
 
@@ -115,6 +116,7 @@ pub fn spec_to_pb(spec: &WorkflowSpec) -> pb::WorkflowSpec {
             retry: retry_to_pb(&spec.defaults.retry),
             timeout: ms_duration(spec.defaults.timeout_ms),
         }),
+        max_concurrent_runs: spec.max_concurrent_runs,
     }
 }
 

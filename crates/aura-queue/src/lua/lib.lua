@@ -148,6 +148,42 @@ local function retire(P, id, state, now)
   return true
 end
 
+-- A gated flow ended: frees its slot and lets the oldest waiting flow of the same index in
+-- (its roots become ready). Waiting flows cancelled meanwhile are skipped.
+local function release_gate(P, WAKE, flow, now)
+  local f = redis.call('HMGET', P .. 'f:' .. flow, 'gated', 'admitted', 'ix')
+  if f[1] ~= '1' or f[2] ~= '1' then return end
+  local gate = P .. 'gate:' .. f[3]
+  redis.call('DECR', gate .. ':n')
+  while true do
+    local next_flow = redis.call('LPOP', gate .. ':q')
+    if not next_flow then return end
+    local nk = P .. 'f:' .. next_flow
+    local nf = redis.call('HMGET', nk, 'state', 'jobs', 'delay')
+    if nf[1] == 'pending' then
+      redis.call('INCR', gate .. ':n')
+      redis.call('HSET', nk, 'admitted', '1')
+      local delay = tonumber(nf[3]) or 0
+      for _, id in ipairs(split(nf[2])) do
+        local jk = P .. 'j:' .. id
+        local j = redis.call('HMGET', jk, 's', 'pc', 'q', 'p', 'dl')
+        if j[1] == 'b' and (tonumber(j[2]) or 0) == 0 then
+          local wait = math.max(delay, tonumber(j[5]) or 0)
+          if wait > 0 then
+            redis.call('HSET', jk, 's', 'd')
+            push_delayed(P, WAKE, id, j[3], now + wait)
+          else
+            redis.call('HSET', jk, 's', 'w')
+            push_ready(P, WAKE, id, j[3], tonumber(j[4]) or 0)
+          end
+        end
+      end
+      emit(P, WAKE, next_flow, 'run.admitted', {}, now)
+      return
+    end
+  end
+end
+
 -- Ends a flow: every job not finished yet is cancelled (running ones lose their lease, so
 -- their results are refused).
 local function end_flow(P, WAKE, flow, state, err, now)
@@ -158,6 +194,7 @@ local function end_flow(P, WAKE, flow, state, err, now)
   end
   redis.call('HSET', fk, 'state', state, 'err', err, 'ft', now)
   redis.call('ZADD', P .. 'fdone', now, flow)
+  release_gate(P, WAKE, flow, now)
   local fields = {error = err}
   if state == 'cancelled' then fields = {reason = err} end
   emit(P, WAKE, flow, 'run.' .. state, fields, now)
@@ -203,6 +240,7 @@ local function settle_flow(P, WAKE, flow, now, finished)
   if redis.call('HINCRBY', fk, 'pending', -finished) <= 0 then
     redis.call('HSET', fk, 'state', 'succeeded', 'ft', now)
     redis.call('ZADD', P .. 'fdone', now, flow)
+    release_gate(P, WAKE, flow, now)
     emit(P, WAKE, flow, 'run.succeeded', {}, now)
     expire_events(P, flow)
     return 'succeeded'

@@ -34,6 +34,10 @@ for i = 4, #ARGV do
         end
         redis.call('HSET', fk, 'state', 'running', 'err', '', 'ft', '')
         redis.call('ZREM', P .. 'fdone', flow)
+        -- A gated flow takes its slot back (possibly above the limit for a while), so that
+        -- the slot it frees when it ends again keeps the count balanced.
+        local g = redis.call('HMGET', fk, 'gated', 'admitted', 'ix')
+        if g[1] == '1' and g[2] == '1' then redis.call('INCR', P .. 'gate:' .. g[3] .. ':n') end
         for _, suffix in ipairs({'', ':epoch', ':n'}) do
           redis.call('PERSIST', P .. 'ev:runs.' .. flow .. suffix)
         end

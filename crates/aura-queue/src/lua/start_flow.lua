@@ -6,13 +6,16 @@
 -- ARGV[5]  idempotency ttl s   ARGV[6]  meta      ARGV[7]  input     ARGV[8]  delay_ms
 -- ARGV[9]  priority            ARGV[10] index name ('' for none: adds to P.."runs:"..name;
 --          also the `workflow` field of the flow's events)
--- ARGV[11] n, then 10 values per job: id, lane, max_attempts, backoff, lease_ms, payload,
+-- ARGV[11] concurrency limit of the flow's index (0: none). Beyond it the flow waits in
+--          P.."gate:"..index..":q" and starts when a running one of the same index ends.
+-- ARGV[12] n, then 10 values per job: id, lane, max_attempts, backoff, lease_ms, payload,
 --          parents (comma list), dependents (comma list), continue_on_failure (0/1),
 --          release delay ms (a job with one waits that long once it becomes ready: durable
 --          `delay` steps)
 -- Returns  {1, flow_id} when created, {0, existing_flow_id} for a repeated key.
 local P, WAKE, flow, idem = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local delay, prio, index, n = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10], tonumber(ARGV[11])
+local delay, prio, index, limit, n = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10], tonumber(ARGV[11]), tonumber(ARGV[12])
+local J = 13
 if idem ~= '' then
   local existing = redis.call('GET', P .. 'idem:' .. idem)
   if existing then return {0, existing} end
@@ -20,20 +23,35 @@ end
 local now = now_ms()
 local fk = P .. 'f:' .. flow
 local ids = {}
-for i = 0, n - 1 do ids[#ids + 1] = ARGV[12 + i * 10] end
+for i = 0, n - 1 do ids[#ids + 1] = ARGV[J + i * 10] end
+-- Admission: without a limit, or under it, the flow's roots are ready now; otherwise
+-- they wait (blocked) until `admit_next` lets the flow in.
+local admitted = true
+if limit > 0 then
+  if redis.call('INCR', P .. 'gate:' .. index .. ':n') > limit then
+    redis.call('DECR', P .. 'gate:' .. index .. ':n')
+    redis.call('RPUSH', P .. 'gate:' .. index .. ':q', flow)
+    admitted = false
+  end
+end
 redis.call('HSET', fk, 'state', 'pending', 'pending', n, 'jobs', table.concat(ids, ','),
-  'meta', ARGV[6], 'in', ARGV[7], 'ts', now, 'p', prio, 'idem', idem, 'ix', index)
-emit(P, WAKE, flow, 'run.queued', {}, now)
+  'meta', ARGV[6], 'in', ARGV[7], 'ts', now, 'p', prio, 'idem', idem, 'ix', index,
+  'gated', (limit > 0) and '1' or '0', 'admitted', admitted and '1' or '0', 'delay', delay)
+if admitted then
+  emit(P, WAKE, flow, 'run.queued', {}, now)
+else
+  emit(P, WAKE, flow, 'run.queued', {waiting_for_concurrency = true}, now)
+end
 redis.call('ZADD', P .. 'runs', now, flow)
 if index ~= '' then redis.call('ZADD', P .. 'runs:' .. index, now, flow) end
 for i = 0, n - 1 do
-  local o = 12 + i * 10
+  local o = J + i * 10
   local id, lane, parents, dl = ARGV[o], ARGV[o + 1], ARGV[o + 6], tonumber(ARGV[o + 9])
   local pc = #split(parents)
   local state = 'b'
   local wait = delay
   if dl > wait then wait = dl end
-  if pc == 0 then
+  if pc == 0 and admitted then
     if wait > 0 then state = 'd' else state = 'w' end
   end
   redis.call('HSET', P .. 'j:' .. id, 'q', lane, 'p', prio, 'a', 0, 'm', ARGV[o + 2], 'b', ARGV[o + 3],
