@@ -230,3 +230,47 @@ async fn runs_beyond_a_workflows_concurrency_limit_wait_their_turn() {
     assert_eq!(waiting.state, pb::RunState::Pending as i32);
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_with_ten_thousand_runs_does_not_delay_another_tenants_run() {
+    let redis = RedisServer::start();
+    let mesh = Mesh::start(&redis.url(), MeshOptions { worker_concurrency: 0, ..Default::default() }).await;
+    let mut gw = mesh.gateway().await;
+    let wf = spec(
+        json!({"name": "fair", "steps": [{"id": "x", "kind": "external", "config": {"queue": "fair-q"}}]}),
+    );
+    gw.register_workflow(pb::RegisterWorkflowRequest { spec: Some(wf) }).await.unwrap();
+    for _ in 0..10 {
+        let runs = (0..1000)
+            .map(|_| pb::StartRunRequest {
+                workflow_name: "fair".into(),
+                concurrency_key: "tenant-a".into(),
+                ..Default::default()
+            })
+            .collect();
+        let resp = gw.start_runs(pb::StartRunsRequest { runs }).await.unwrap().into_inner();
+        assert!(resp.results.iter().all(|r| r.code == 0));
+    }
+    let req = pb::StartRunRequest {
+        workflow_name: "fair".into(),
+        concurrency_key: "tenant-b".into(),
+        ..Default::default()
+    };
+    let b_run = gw.start_run(req).await.unwrap().into_inner().run.unwrap().run_id;
+    let mut claims = 0;
+    loop {
+        let req = pb::PollTasksRequest {
+            worker_id: "t".into(),
+            queues: vec!["fair-q".into()],
+            max_tasks: 1,
+            wait: None,
+        };
+        let task = gw.poll_tasks(req).await.unwrap().into_inner().tasks.remove(0);
+        claims += 1;
+        if task.run_id == b_run {
+            break;
+        }
+        assert!(claims < 3, "tenant b's run waited behind tenant a's backlog");
+    }
+    mesh.stop().await;
+}

@@ -131,6 +131,8 @@ pub struct StartRequest {
     pub priority: i32,
     /// Start delay.
     pub delay: Duration,
+    /// Fair-dispatch key ('' for none).
+    pub concurrency_key: String,
 }
 
 /// What starting a run returned.
@@ -206,6 +208,9 @@ impl Engine {
         if req.idempotency_key.len() > 256 {
             return Err(EngineError::invalid("idempotency_key", "must be at most 256 characters"));
         }
+        if req.concurrency_key.len() > 128 || req.concurrency_key.chars().any(char::is_control) {
+            return Err(EngineError::invalid("concurrency_key", "must be at most 128 printable characters"));
+        }
         if req.delay > Duration::from_secs(365 * 24 * 3600) {
             return Err(EngineError::invalid("delay", "must be at most a year"));
         }
@@ -259,6 +264,7 @@ impl Engine {
             delay: req.delay,
             priority: req.priority as u16,
             index: spec.name.clone(),
+            concurrency_key: req.concurrency_key.clone(),
             concurrency_limit: spec.max_concurrent_runs,
             jobs,
         };

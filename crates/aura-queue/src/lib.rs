@@ -143,6 +143,7 @@ impl Queue {
             .arg(flow.delay.as_millis() as u64)
             .arg(flow.priority)
             .arg(&flow.index)
+            .arg(&flow.concurrency_key)
             .arg(flow.concurrency_limit)
             .arg(flow.jobs.len());
         for job in &flow.jobs {
@@ -395,13 +396,13 @@ impl Queue {
             pipe.zcard(format!("{pre}q:{queue}:wait"))
                 .zcard(format!("{pre}q:{queue}:delayed"))
                 .zcard(format!("{pre}q:{queue}:dead"))
-                .hmget(format!("{pre}q:{queue}:stats"), &["active", "completed", "failed"])
+                .hmget(format!("{pre}q:{queue}:stats"), &["active", "completed", "failed", "keyed"])
                 .exists(format!("{pre}q:{queue}:paused"));
             let mut conn = self.conn.clone();
             let (waiting, delayed, dead, counters, paused): (u64, u64, u64, Vec<Option<i64>>, bool) =
                 pipe.query_async(&mut conn).await?;
             let c = |i: usize| counters.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
-            stats.waiting += waiting;
+            stats.waiting += waiting + c(3);
             stats.delayed += delayed;
             stats.dead += dead;
             stats.active += c(0);

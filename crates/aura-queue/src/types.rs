@@ -170,6 +170,9 @@ pub struct NewFlow {
     pub priority: u16,
     /// Secondary listing index ('' for none), e.g. the workflow name.
     pub index: String,
+    /// Jobs of flows with different keys are claimed round-robin (per lane), so one key's
+    /// backlog cannot starve another's; '' for none.
+    pub concurrency_key: String,
     /// At most this many flows of the same `index` run at once in this partition; the rest
     /// wait, FIFO (0: no limit). Callers wanting a global limit put every flow of the
     /// index in one partition.

@@ -289,6 +289,7 @@ fn diamond(flow: &str, parents: usize) -> NewFlow {
         delay: Duration::ZERO,
         priority: 0,
         index: String::new(),
+        concurrency_key: String::new(),
         concurrency_limit: 0,
         jobs,
     }
@@ -526,4 +527,45 @@ async fn flows_beyond_the_concurrency_limit_wait_and_start_in_order() {
     q.cancel_flow(0, "g1", "no longer needed").await.unwrap();
     let next = q.claim(&lanes("q"), 100).await.unwrap().jobs;
     assert_eq!(next.iter().map(|j| j.lease.id.as_str()).collect::<Vec<_>>(), vec!["g4.p0"]);
+}
+
+#[tokio::test]
+async fn a_flooding_key_does_not_starve_another_key() {
+    let redis = RedisServer::start();
+    let q = queue_on(&redis.url(), 1).await;
+    for i in 0..300 {
+        let mut flow = diamond(&format!("a{i}"), 1);
+        flow.jobs.truncate(1);
+        flow.jobs[0].dependents.clear();
+        flow.concurrency_key = "tenant-a".into();
+        q.start_flow(0, flow).await.unwrap();
+    }
+    let mut flow = diamond("b0", 1);
+    flow.jobs.truncate(1);
+    flow.jobs[0].dependents.clear();
+    flow.concurrency_key = "tenant-b".into();
+    q.start_flow(0, flow).await.unwrap();
+    q.enqueue(NewJob::new("plain", "q", "")).await.unwrap();
+    assert_eq!(q.stats("q").await.unwrap().waiting, 302);
+    // One claim at a time: tenant b's job and the key-less job come within three claims,
+    // not after tenant a's 300.
+    let mut first = Vec::new();
+    for _ in 0..3 {
+        first.extend(q.claim(&lanes("q"), 1).await.unwrap().jobs.into_iter().map(|j| j.lease.id));
+    }
+    assert!(first.contains(&"b0.p0".to_string()), "{first:?}");
+    assert!(first.contains(&"plain".to_string()), "{first:?}");
+    // A batch claim shares between keys too, and nothing is lost.
+    let mut all: Vec<String> = first;
+    loop {
+        let jobs = q.claim(&lanes("q"), 64).await.unwrap().jobs;
+        if jobs.is_empty() {
+            break;
+        }
+        all.extend(jobs.into_iter().map(|j| j.lease.id));
+    }
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 302);
+    assert_eq!(q.stats("q").await.unwrap().waiting, 0);
 }

@@ -138,6 +138,7 @@ pub fn start_from_pb(req: pb::StartRunRequest) -> Result<StartRequest, EngineErr
         idempotency_key: req.idempotency_key,
         priority: req.priority,
         delay: Duration::from_millis(duration_ms("delay", req.delay.as_ref())?),
+        concurrency_key: req.concurrency_key,
     })
 }
 

@@ -8,6 +8,40 @@
 --          next_at is the earliest delayed ready time (ms) over the lanes when nothing was
 --          claimed, else 0.
 local P, WAKE, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
+
+-- Up to `want` ready ids of a lane, fairly: jobs without a key count as one more key; each
+-- key in turn gives its share (at least one job), rotating the ring so the next claim
+-- starts with the next key.
+local function pick_ready(P, lane, want)
+  local out = {}
+  local wait = lane_key(P, lane, 'wait')
+  local ring = lane_key(P, lane, 'ring')
+  local keys = redis.call('LLEN', ring)
+  local function take(set, n)
+    local popped = redis.call('ZPOPMIN', set, n)
+    for i = 1, #popped, 2 do out[#out + 1] = popped[i] end
+    return #popped / 2
+  end
+  if keys == 0 then
+    take(wait, want)
+    return out
+  end
+  local share = math.max(1, math.floor(want / (keys + 1)))
+  take(wait, math.min(share, want))
+  while #out < want do
+    local key = redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')
+    if not key then break end
+    local kset = lane_key(P, lane, 'k:' .. key)
+    local got = take(kset, math.min(share, want - #out))
+    redis.call('HINCRBY', lane_key(P, lane, 'stats'), 'keyed', -got)
+    if redis.call('ZCARD', kset) == 0 then
+      redis.call('LREM', ring, -1, key)
+      if redis.call('LLEN', ring) == 0 then break end
+    end
+  end
+  if #out < want then take(wait, want - #out) end
+  return out
+end
 local now = now_ms()
 local jobs = {}
 local next_at = 0
@@ -21,13 +55,13 @@ for li = 4, #ARGV do
     for _, id in ipairs(due) do
       local jk = P .. 'j:' .. id
       redis.call('HSET', jk, 's', 'w')
-      push_ready(P, WAKE, id, lane, tonumber(redis.call('HGET', jk, 'p')) or 0)
+      local d = redis.call('HMGET', jk, 'p', 'k')
+      push_ready(P, WAKE, id, lane, tonumber(d[1]) or 0, d[2])
     end
     if #due > 0 then redis.call('ZREM', dkey, unpack(due)) end
-    local popped = redis.call('ZPOPMIN', lane_key(P, lane, 'wait'), max - #jobs)
+    local ids = pick_ready(P, lane, max - #jobs)
     local claimed = 0
-    for i = 1, #popped, 2 do
-      local id = popped[i]
+    for _, id in ipairs(ids) do
       local jk = P .. 'j:' .. id
       local f = redis.call('HMGET', jk, 'a', 't', 'd', 'f', 'pa')
       local attempt = (tonumber(f[1]) or 0) + 1

@@ -22,7 +22,7 @@ for i = 0, n - 1 do
     if delay > 0 then
       push_delayed(P, WAKE, id, lane, now + delay)
     else
-      push_ready(P, WAKE, id, lane, prio)
+      push_ready(P, WAKE, id, lane, prio, '')
     end
     out[#out + 1] = 1
   end

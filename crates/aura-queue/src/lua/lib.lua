@@ -5,10 +5,14 @@
 --   P.."seq"                    counter for FIFO order within a priority
 --   P.."lease"                  counter handing out lease tokens
 --   P.."j:"..id                 job hash (fields below)
---   P.."q:"..lane..":wait"      ready jobs, score = priority band + sequence
+--   P.."q:"..lane..":wait"      ready jobs without a concurrency key, score = priority
+--                               band + sequence
+--   P.."q:"..lane..":k:"..key   ready jobs of one concurrency key (same score)
+--   P.."q:"..lane..":ring"      keys with ready jobs, rotated by claims (round-robin)
 --   P.."q:"..lane..":delayed"   delayed jobs and retry backoffs, score = ready-at ms
 --   P.."q:"..lane..":dead"      dead letters, score = died-at ms
---   P.."q:"..lane..":stats"     counters: active, completed, failed, dead
+--   P.."q:"..lane..":stats"     counters: active, completed, failed, dead, keyed (ready
+--                               jobs in key sets)
 --   P.."q:"..lane..":paused"    exists while the lane is paused
 --   P.."active"                 claimed jobs, score = lease deadline ms
 --   P.."done"                   finished plain jobs (for retention), score = finished ms
@@ -22,7 +26,7 @@
 -- "initial_ms,multiplier,max_ms,jitter", t lease ms, d payload, s state, l lease token,
 -- e last error, r result, ts created, st started, ft finished; flow jobs also: f flow id,
 -- pa parent ids, n dependent ids (comma-separated), pc parents still pending, cf
--- continue-on-failure flag, dl delay once ready (ms).
+-- continue-on-failure flag, dl delay once ready (ms), k concurrency key ('' for none).
 -- States: b blocked on parents, w waiting, d delayed, a active, c completed, f failed (dead),
 -- x cancelled, k skipped.
 
@@ -90,16 +94,28 @@ end
 
 -- Wakes blocked claimers of a lane, but only on the empty -> non-empty transition: under
 -- load the lane is never empty, so this costs nothing on the hot path.
-local function wake_if_empty(P, WAKE, lane)
-  if redis.call('ZCARD', lane_key(P, lane, 'wait')) == 0 then
-    redis.call('PUBLISH', WAKE .. lane, '1')
-  end
+local function lane_is_empty(P, lane)
+  return redis.call('ZCARD', lane_key(P, lane, 'wait')) == 0 and redis.call('LLEN', lane_key(P, lane, 'ring')) == 0
 end
 
-local function push_ready(P, WAKE, id, lane, prio)
+-- Ready jobs wait in the lane's `wait` set, or, when they carry a concurrency key, in the
+-- key's own set `k:<key>`; keys with ready jobs sit in the lane's `ring`, which claims
+-- rotate through, so one key's backlog cannot starve another key's jobs.
+local function push_ready(P, WAKE, id, lane, prio, key)
   local seq = redis.call('INCR', P .. 'seq')
-  wake_if_empty(P, WAKE, lane)
-  redis.call('ZADD', lane_key(P, lane, 'wait'), (PRIO_MAX - prio) * SEQ_SPAN + (seq % SEQ_SPAN), id)
+  local score = (PRIO_MAX - prio) * SEQ_SPAN + (seq % SEQ_SPAN)
+  if key == nil or key == false or key == '' then
+    if lane_is_empty(P, lane) then redis.call('PUBLISH', WAKE .. lane, '1') end
+    redis.call('ZADD', lane_key(P, lane, 'wait'), score, id)
+    return
+  end
+  local kset = lane_key(P, lane, 'k:' .. key)
+  if redis.call('ZCARD', kset) == 0 then
+    if lane_is_empty(P, lane) then redis.call('PUBLISH', WAKE .. lane, '1') end
+    redis.call('RPUSH', lane_key(P, lane, 'ring'), key)
+  end
+  redis.call('ZADD', kset, score, id)
+  redis.call('HINCRBY', lane_key(P, lane, 'stats'), 'keyed', 1)
 end
 
 -- A delayed job that becomes the lane's earliest wakes claimers so they re-arm their timer.
@@ -132,9 +148,15 @@ end
 -- Removes a job from whatever set holds it (by state) and marks it with `state`.
 local function retire(P, id, state, now)
   local jk = P .. 'j:' .. id
-  local f = redis.call('HMGET', jk, 's', 'q')
-  local s, lane = f[1], f[2]
-  if s == 'w' then
+  local f = redis.call('HMGET', jk, 's', 'q', 'k')
+  local s, lane, key = f[1], f[2], f[3]
+  if s == 'w' and key and key ~= '' then
+    local kset = lane_key(P, lane, 'k:' .. key)
+    if redis.call('ZREM', kset, id) == 1 then
+      redis.call('HINCRBY', lane_key(P, lane, 'stats'), 'keyed', -1)
+      if redis.call('ZCARD', kset) == 0 then redis.call('LREM', lane_key(P, lane, 'ring'), 0, key) end
+    end
+  elseif s == 'w' then
     redis.call('ZREM', lane_key(P, lane, 'wait'), id)
   elseif s == 'd' then
     redis.call('ZREM', lane_key(P, lane, 'delayed'), id)
@@ -166,7 +188,7 @@ local function release_gate(P, WAKE, flow, now)
       local delay = tonumber(nf[3]) or 0
       for _, id in ipairs(split(nf[2])) do
         local jk = P .. 'j:' .. id
-        local j = redis.call('HMGET', jk, 's', 'pc', 'q', 'p', 'dl')
+        local j = redis.call('HMGET', jk, 's', 'pc', 'q', 'p', 'dl', 'k')
         if j[1] == 'b' and (tonumber(j[2]) or 0) == 0 then
           local wait = math.max(delay, tonumber(j[5]) or 0)
           if wait > 0 then
@@ -174,7 +196,7 @@ local function release_gate(P, WAKE, flow, now)
             push_delayed(P, WAKE, id, j[3], now + wait)
           else
             redis.call('HSET', jk, 's', 'w')
-            push_ready(P, WAKE, id, j[3], tonumber(j[4]) or 0)
+            push_ready(P, WAKE, id, j[3], tonumber(j[4]) or 0, j[6])
           end
         end
       end
@@ -216,7 +238,7 @@ local function release_dependents(P, WAKE, flow, id, now, skip, ready, skipped)
         release_dependents(P, WAKE, flow, dep, now, true, ready, skipped)
       end
     elseif redis.call('HINCRBY', dk, 'pc', -1) == 0 then
-      local d = redis.call('HMGET', dk, 's', 'q', 'p', 'dl')
+      local d = redis.call('HMGET', dk, 's', 'q', 'p', 'dl', 'k')
       if d[1] == 'b' then
         local dl = tonumber(d[4]) or 0
         if dl > 0 then
@@ -224,7 +246,7 @@ local function release_dependents(P, WAKE, flow, id, now, skip, ready, skipped)
           push_delayed(P, WAKE, dep, d[2], now + dl)
         else
           redis.call('HSET', dk, 's', 'w')
-          push_ready(P, WAKE, dep, d[2], tonumber(d[3]) or 0)
+          push_ready(P, WAKE, dep, d[2], tonumber(d[3]) or 0, d[5])
         end
         ready[#ready + 1] = dep
         emit(P, WAKE, flow, 'step.queued', {step_id = step_of(dep)}, now)
@@ -253,7 +275,7 @@ end
 -- Returns {kind, at_or_flow_state, list}: {'retry', at}, {'dead', flow_state, cancelled}.
 local function fail_job(P, WAKE, id, err, retryable, retry_after, rand, now)
   local jk = P .. 'j:' .. id
-  local f = redis.call('HMGET', jk, 'q', 'p', 'a', 'm', 'b', 'f', 'cf')
+  local f = redis.call('HMGET', jk, 'q', 'p', 'a', 'm', 'b', 'f', 'cf', 'k')
   local lane, prio, attempts, max = f[1], tonumber(f[2]) or 0, tonumber(f[3]) or 1, tonumber(f[4]) or 1
   local flow = f[6]
   redis.call('ZREM', P .. 'active', id)
@@ -272,7 +294,7 @@ local function fail_job(P, WAKE, id, err, retryable, retry_after, rand, now)
       return {'retry', now + delay, {}}
     end
     redis.call('HSET', jk, 's', 'w')
-    push_ready(P, WAKE, id, lane, prio)
+    push_ready(P, WAKE, id, lane, prio, f[8])
     return {'retry', now, {}}
   end
   redis.call('HSET', jk, 's', 'f', 'e', err, 'l', '', 'ft', now)

@@ -11,10 +11,10 @@ for i = 4, #ARGV do
   local id = ARGV[i]
   if redis.call('ZREM', dead, id) == 1 then
     local jk = P .. 'j:' .. id
-    local f = redis.call('HMGET', jk, 'p', 'f')
+    local f = redis.call('HMGET', jk, 'p', 'f', 'k')
     redis.call('HSET', jk, 's', 'w', 'a', 0, 'e', '', 'ft', '')
     stat(P, lane, 'dead', -1)
-    push_ready(P, WAKE, id, lane, tonumber(f[1]) or 0)
+    push_ready(P, WAKE, id, lane, tonumber(f[1]) or 0, f[3])
     count = count + 1
     local flow = f[2]
     if flow and flow ~= '' then
@@ -22,13 +22,13 @@ for i = 4, #ARGV do
       if redis.call('HGET', fk, 'state') == 'failed' then
         for _, jid in ipairs(split(redis.call('HGET', fk, 'jobs'))) do
           local jkey = P .. 'j:' .. jid
-          local j = redis.call('HMGET', jkey, 's', 'pc', 'q', 'p')
+          local j = redis.call('HMGET', jkey, 's', 'pc', 'q', 'p', 'k')
           if j[1] == 'x' then
             if (tonumber(j[2]) or 0) > 0 then
               redis.call('HSET', jkey, 's', 'b', 'ft', '')
             else
               redis.call('HSET', jkey, 's', 'w', 'a', 0, 'ft', '')
-              push_ready(P, WAKE, jid, j[3], tonumber(j[4]) or 0)
+              push_ready(P, WAKE, jid, j[3], tonumber(j[4]) or 0, j[5])
             end
           end
         end

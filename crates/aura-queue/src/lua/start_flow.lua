@@ -6,16 +6,18 @@
 -- ARGV[5]  idempotency ttl s   ARGV[6]  meta      ARGV[7]  input     ARGV[8]  delay_ms
 -- ARGV[9]  priority            ARGV[10] index name ('' for none: adds to P.."runs:"..name;
 --          also the `workflow` field of the flow's events)
--- ARGV[11] concurrency limit of the flow's index (0: none). Beyond it the flow waits in
+-- ARGV[11] concurrency key of every job ('' for none: see push_ready)
+-- ARGV[12] concurrency limit of the flow's index (0: none). Beyond it the flow waits in
 --          P.."gate:"..index..":q" and starts when a running one of the same index ends.
--- ARGV[12] n, then 10 values per job: id, lane, max_attempts, backoff, lease_ms, payload,
+-- ARGV[13] n, then 10 values per job: id, lane, max_attempts, backoff, lease_ms, payload,
 --          parents (comma list), dependents (comma list), continue_on_failure (0/1),
 --          release delay ms (a job with one waits that long once it becomes ready: durable
 --          `delay` steps)
 -- Returns  {1, flow_id} when created, {0, existing_flow_id} for a repeated key.
 local P, WAKE, flow, idem = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local delay, prio, index, limit, n = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10], tonumber(ARGV[11]), tonumber(ARGV[12])
-local J = 13
+local delay, prio, index = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
+local ckey, limit, n = ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13])
+local J = 14
 if idem ~= '' then
   local existing = redis.call('GET', P .. 'idem:' .. idem)
   if existing then return {0, existing} end
@@ -56,11 +58,11 @@ for i = 0, n - 1 do
   end
   redis.call('HSET', P .. 'j:' .. id, 'q', lane, 'p', prio, 'a', 0, 'm', ARGV[o + 2], 'b', ARGV[o + 3],
     't', ARGV[o + 4], 'd', ARGV[o + 5], 's', state, 'ts', now, 'f', flow, 'pa', parents,
-    'n', ARGV[o + 7], 'pc', pc, 'cf', ARGV[o + 8], 'dl', dl)
+    'n', ARGV[o + 7], 'pc', pc, 'cf', ARGV[o + 8], 'dl', dl, 'k', ckey)
   if state == 'd' then
     push_delayed(P, WAKE, id, lane, now + wait)
   elseif state == 'w' then
-    push_ready(P, WAKE, id, lane, prio)
+    push_ready(P, WAKE, id, lane, prio, ckey)
   end
 end
 if idem ~= '' then redis.call('SET', P .. 'idem:' .. idem, flow, 'EX', ARGV[5]) end
