@@ -265,6 +265,7 @@ impl Engine {
             priority: req.priority as u16,
             index: spec.name.clone(),
             concurrency_key: req.concurrency_key.clone(),
+            timeout: Duration::from_millis(spec.timeout_ms),
             concurrency_limit: spec.max_concurrent_runs,
             jobs,
         };

@@ -40,6 +40,9 @@ pub struct WorkflowSpec {
     /// At most this many runs active at once; the rest wait in order (0: no limit).
     #[serde(default, skip_serializing_if = "is_zero32")]
     pub max_concurrent_runs: u32,
+    /// A run still unfinished this long after it started fails (0: no limit), ms.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub timeout_ms: u64,
 }
 
 /// One step.

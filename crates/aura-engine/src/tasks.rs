@@ -395,9 +395,19 @@ impl Engine {
                 _ = tokio::time::sleep(every) => {}
             }
             match self.queue.reap(1000).await {
-                Ok(reaped) => {
+                Ok((reaped, timed_out)) => {
                     let mut events = Vec::new();
                     let mut workflows = HashMap::new();
+                    for (partition, run_id) in timed_out {
+                        tracing::warn!(%run_id, "run timed out");
+                        let wf = self.workflow_of(&mut workflows, partition, &run_id).await;
+                        events.push(LifecycleEvent::run(
+                            &run_id,
+                            &wf,
+                            "run.failed",
+                            json!({"error": "run timed out"}),
+                        ));
+                    }
                     for r in reaped {
                         tracing::info!(task_id = %r.id, outcome = ?r.outcome, "lease expired; task handed back");
                         let Some((run_id, _)) = ids::split_task_id(&r.id) else { continue };

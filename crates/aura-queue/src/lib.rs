@@ -145,6 +145,7 @@ impl Queue {
             .arg(&flow.index)
             .arg(&flow.concurrency_key)
             .arg(flow.concurrency_limit)
+            .arg(flow.timeout.as_millis() as u64)
             .arg(flow.jobs.len());
         for job in &flow.jobs {
             inv.arg(&job.id)
@@ -340,18 +341,22 @@ impl Queue {
         .await
     }
 
-    /// Hands back jobs whose lease expired, in every partition. Returns what happened to
-    /// each. Safe to run concurrently from many processes.
-    pub async fn reap(&self, limit: usize) -> Result<Vec<Reaped>> {
+    /// Hands back jobs whose lease expired and fails flows past their timeout, in every
+    /// partition. Returns what happened to each job, and the timed-out flows (with their
+    /// partition). Safe to run concurrently from many processes.
+    pub async fn reap(&self, limit: usize) -> Result<(Vec<Reaped>, Vec<(usize, String)>)> {
         let mut out = Vec::new();
+        let mut timed_out = Vec::new();
         for p in 0..self.keys.partitions() {
             let mut inv = self.invocation(&scripts::REAP, p);
             inv.arg(limit).arg(rand::random::<f64>());
             let mut conn = self.conn.clone();
             let reply: Value = inv.invoke_async(&mut conn).await?;
-            out.extend(types::parse_reap(p, reply)?);
+            let (reaped, flows) = types::parse_reap(p, reply)?;
+            out.extend(reaped);
+            timed_out.extend(flows.into_iter().map(|f| (p, f)));
         }
-        Ok(out)
+        Ok((out, timed_out))
     }
 
     /// Applies retention: finished plain jobs and finished flows (with their jobs and

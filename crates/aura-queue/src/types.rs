@@ -170,6 +170,8 @@ pub struct NewFlow {
     pub priority: u16,
     /// Secondary listing index ('' for none), e.g. the workflow name.
     pub index: String,
+    /// Past this, the flow fails and its unfinished jobs are cancelled (zero: no limit).
+    pub timeout: Duration,
     /// Jobs of flows with different keys are claimed round-robin (per lane), so one key's
     /// backlog cannot starve another's; '' for none.
     pub concurrency_key: String,
@@ -436,14 +438,20 @@ pub(crate) fn parse_fail(reply: Value) -> Result<Vec<FailOutcome>> {
         .collect()
 }
 
-pub(crate) fn parse_reap(partition: usize, reply: Value) -> Result<Vec<Reaped>> {
-    items(reply)?
+pub(crate) fn parse_reap(partition: usize, reply: Value) -> Result<(Vec<Reaped>, Vec<String>)> {
+    let mut top = items(reply)?;
+    if top.len() != 2 {
+        return Err(QueueError::Protocol("reap reply".into()));
+    }
+    let timed_out: Vec<String> = get(&top[1])?;
+    let reaped = items(top.swap_remove(0))?
         .into_iter()
         .map(|item| {
             let f = items(item)?;
             Ok(Reaped { partition, id: get(&f[0])?, outcome: parse_fail_fields(&f[1..])? })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok((reaped, timed_out))
 }
 
 pub(crate) fn parse_heartbeat(reply: Value) -> Result<Vec<HeartbeatOutcome>> {

@@ -113,7 +113,7 @@ async fn stale_lease_cannot_complete_after_reclaim() {
     let first = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
     // The lease runs out; the reaper hands the job back; another claimer takes it.
     wait_until("lease expiry reaped", Duration::from_secs(5), || async {
-        !q.reap(100).await.unwrap().is_empty()
+        !q.reap(100).await.unwrap().0.is_empty()
     })
     .await;
     let second = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
@@ -222,7 +222,7 @@ async fn heartbeat_extends_and_reports_lost_leases() {
     let hb = q.heartbeat(vec![claimed.lease.clone()], Duration::from_secs(30)).await.unwrap();
     assert!(matches!(hb[0], HeartbeatOutcome::Extended(d) if d > claimed.deadline_ms));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(q.reap(10).await.unwrap().is_empty(), "an extended lease is not reaped");
+    assert!(q.reap(10).await.unwrap().0.is_empty(), "an extended lease is not reaped");
     let bogus = Lease { token: "nope".into(), ..claimed.lease.clone() };
     assert_eq!(q.heartbeat(vec![bogus], Duration::from_secs(1)).await.unwrap(), vec![HeartbeatOutcome::Lost]);
 }
@@ -291,6 +291,7 @@ fn diamond(flow: &str, parents: usize) -> NewFlow {
         index: String::new(),
         concurrency_key: String::new(),
         concurrency_limit: 0,
+        timeout: Duration::ZERO,
         jobs,
     }
 }
@@ -568,4 +569,22 @@ async fn a_flooding_key_does_not_starve_another_key() {
     all.dedup();
     assert_eq!(all.len(), 302);
     assert_eq!(q.stats("q").await.unwrap().waiting, 0);
+}
+
+#[tokio::test]
+async fn a_flow_past_its_timeout_fails_and_its_running_job_loses_its_lease() {
+    let redis = RedisServer::start();
+    let q = queue_on(&redis.url(), 1).await;
+    let mut flow = diamond("t", 1);
+    flow.timeout = Duration::from_millis(100);
+    q.start_flow(0, flow).await.unwrap();
+    let running = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
+    wait_until("run timeout", Duration::from_secs(5), || async { !q.reap(10).await.unwrap().1.is_empty() })
+        .await;
+    let refused = q.complete(vec![Completion { lease: running.lease, result: "late".into() }]).await.unwrap();
+    assert_eq!(refused, vec![CompleteOutcome::Refused("cancelled".into())]);
+    let mut conn = redis.client();
+    let err: String =
+        redis::cmd("HGET").arg(format!("{}f:t", q.keys().partition(0))).arg("err").query(&mut conn).unwrap();
+    assert!(err.starts_with("run timed out after"), "{err}");
 }

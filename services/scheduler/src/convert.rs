@@ -91,6 +91,7 @@ pub fn spec_from_pb(spec: Option<pb::WorkflowSpec>) -> Result<WorkflowSpec, Engi
             timeout_ms: duration_ms("spec.defaults.timeout", defaults.timeout.as_ref())?,
         },
         max_concurrent_runs: spec.max_concurrent_runs,
+        timeout_ms: duration_ms("spec.timeout", spec.timeout.as_ref())?,
     })
 }
 
@@ -117,6 +118,7 @@ pub fn spec_to_pb(spec: &WorkflowSpec) -> pb::WorkflowSpec {
             timeout: ms_duration(spec.defaults.timeout_ms),
         }),
         max_concurrent_runs: spec.max_concurrent_runs,
+        timeout: ms_duration(spec.timeout_ms),
     }
 }
 

@@ -19,6 +19,7 @@
 --   P.."f:"..flow               flow (run) hash
 --   P.."runs"                   flows by creation ms (listing)
 --   P.."fdone"                  finished flows by finish ms (retention)
+--   P.."deadlines"              running flows with a timeout, by deadline ms
 --   P.."idem:"..key             idempotency key -> flow id
 --   P.."ev:runs."..flow         the flow's event stream (topic `runs.<flow>`), with
 --                               ":epoch" and ":n" beside it, as aura-bus lays out topics
@@ -216,6 +217,7 @@ local function end_flow(P, WAKE, flow, state, err, now)
   end
   redis.call('HSET', fk, 'state', state, 'err', err, 'ft', now)
   redis.call('ZADD', P .. 'fdone', now, flow)
+  redis.call('ZREM', P .. 'deadlines', flow)
   release_gate(P, WAKE, flow, now)
   local fields = {error = err}
   if state == 'cancelled' then fields = {reason = err} end
@@ -262,6 +264,7 @@ local function settle_flow(P, WAKE, flow, now, finished)
   if redis.call('HINCRBY', fk, 'pending', -finished) <= 0 then
     redis.call('HSET', fk, 'state', 'succeeded', 'ft', now)
     redis.call('ZADD', P .. 'fdone', now, flow)
+    redis.call('ZREM', P .. 'deadlines', flow)
     release_gate(P, WAKE, flow, now)
     emit(P, WAKE, flow, 'run.succeeded', {}, now)
     expire_events(P, flow)

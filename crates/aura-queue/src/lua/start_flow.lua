@@ -9,15 +9,16 @@
 -- ARGV[11] concurrency key of every job ('' for none: see push_ready)
 -- ARGV[12] concurrency limit of the flow's index (0: none). Beyond it the flow waits in
 --          P.."gate:"..index..":q" and starts when a running one of the same index ends.
--- ARGV[13] n, then 10 values per job: id, lane, max_attempts, backoff, lease_ms, payload,
+-- ARGV[13] run timeout ms (0: none): past it the reaper fails the flow
+-- ARGV[14] n, then 10 values per job: id, lane, max_attempts, backoff, lease_ms, payload,
 --          parents (comma list), dependents (comma list), continue_on_failure (0/1),
 --          release delay ms (a job with one waits that long once it becomes ready: durable
 --          `delay` steps)
 -- Returns  {1, flow_id} when created, {0, existing_flow_id} for a repeated key.
 local P, WAKE, flow, idem = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local delay, prio, index = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
-local ckey, limit, n = ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13])
-local J = 14
+local ckey, limit, timeout, n = ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
+local J = 15
 if idem ~= '' then
   local existing = redis.call('GET', P .. 'idem:' .. idem)
   if existing then return {0, existing} end
@@ -45,6 +46,7 @@ else
   emit(P, WAKE, flow, 'run.queued', {waiting_for_concurrency = true}, now)
 end
 redis.call('ZADD', P .. 'runs', now, flow)
+if timeout > 0 then redis.call('ZADD', P .. 'deadlines', now + timeout, flow) end
 if index ~= '' then redis.call('ZADD', P .. 'runs:' .. index, now, flow) end
 for i = 0, n - 1 do
   local o = J + i * 10
