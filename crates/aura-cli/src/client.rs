@@ -443,3 +443,28 @@ pub async fn demo(gateway: &str) -> anyhow::Result<()> {
     println!("demo: started run {} of workflow hello", run.run_id);
     watch(&mut c, &run.run_id).await
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every example under examples/ is a valid workflow (what `workflow apply` would send).
+    #[test]
+    fn examples_are_valid_workflows() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let spec: aura_engine::spec::WorkflowSpec =
+                serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            spec.validate(1 << 20).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            for step in &spec.steps {
+                aura_steps::validate_config(&step.kind, &step.config).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+            }
+            checked += 1;
+        }
+        assert!(checked >= 4, "examples checked: {checked}");
+    }
+}
