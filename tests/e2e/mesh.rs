@@ -171,6 +171,22 @@ async fn bad_input_gets_precise_statuses() {
 
     let err = gw.poll_tasks(pb::PollTasksRequest { max_tasks: 1, ..Default::default() }).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    let mut events = mesh.events().await;
+    let err = events
+        .publish(pb::PublishRequest { topic: String::new(), r#type: "t".into(), payload: None })
+        .await
+        .unwrap_err();
+    assert_eq!((err.code(), bad_request_field(&err)), (Code::InvalidArgument, "topic".to_string()));
+    let err = events
+        .publish(pb::PublishRequest { topic: "runs.x".into(), r#type: "t".into(), payload: None })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "run topics are reserved");
+    let err = events
+        .get_history(pb::GetHistoryRequest { topic: "a.b".into(), from_offset: "nope".into(), limit: 10 })
+        .await
+        .unwrap_err();
+    assert_eq!((err.code(), bad_request_field(&err)), (Code::InvalidArgument, "from_offset".to_string()));
     let err = gw
         .subscribe(pb::SubscribeRequest { patterns: vec!["a.>.b".into()], ..Default::default() })
         .await

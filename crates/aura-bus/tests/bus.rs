@@ -181,3 +181,44 @@ async fn bad_input_is_rejected() {
     assert!("garbage".parse::<Offset>().is_err());
     assert!(matches!(hub.subscribe(patterns(&["a.*"]), Start::Beginning, 1), Err(BusError::Invalid(_))));
 }
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_stalled_subscriber_costs_bounded_memory() {
+    let redis = RedisServer::start();
+    let conn = connect(&redis.url()).await.unwrap();
+    let bus = Bus::new(conn, "aura", Retention { max_len: 100, ..Retention::default() });
+    let hub = Hub::start(bus.clone(), &redis.url(), 64, CancellationToken::new()).unwrap();
+    // Never read: its buffers fill, then it is cut off.
+    let mut stalled = hub.subscribe(patterns(&["m.x"]), Start::Live, 1).unwrap();
+    wait_subscribed(&hub, &bus).await;
+    let payload = json!({"blob": "x".repeat(4096)});
+    for _ in 0..500 {
+        bus.publish("m.x", "n", &payload).await.unwrap();
+    }
+    let before = rss_kib();
+    // 20,000 more 4 KiB events (80 MiB in total) pass while the subscriber stalls.
+    for chunk in 0..40 {
+        let batch: Vec<_> = (0..500).map(|_| ("m.x".to_string(), "n".to_string(), payload.clone())).collect();
+        bus.publish_batch(&batch).await.unwrap();
+        let _ = chunk;
+    }
+    let grown_mib = rss_kib().saturating_sub(before) / 1024;
+    assert!(grown_mib < 40, "memory grew by {grown_mib} MiB while a subscriber stalled");
+    // The stalled subscriber was told it lagged, with a resume offset.
+    let mut last = None;
+    while let Some(item) = stalled.recv().await {
+        last = Some(item);
+    }
+    assert!(matches!(last, Some(Err(BusError::Lagged { .. }))), "{last:?}");
+}
