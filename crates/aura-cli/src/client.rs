@@ -461,7 +461,8 @@ mod tests {
                 serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             spec.validate(1 << 20).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             for step in &spec.steps {
-                aura_steps::validate_config(&step.kind, &step.config).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+                aura_steps::validate_config(&step.kind, &step.config)
+                    .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
             }
             checked += 1;
         }
