@@ -30,10 +30,16 @@ pub fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(60)))
 }
 
+/// The health entry that says only "this process is alive": SERVING from start to exit,
+/// whatever Redis does. Liveness probes check it (a Redis outage must not restart every
+/// pod); readiness probes check "" (overall), which follows Redis.
+pub const LIVENESS: &str = "liveness";
+
 /// Creates the `grpc.health.v1.Health` service and the reporter that flips it; everything
-/// starts NOT_SERVING until Redis answers.
+/// but [`LIVENESS`] starts NOT_SERVING until Redis answers.
 pub async fn health<S: NamedService>() -> (HealthReporter, HealthServer<impl Health>) {
     let (reporter, service) = tonic_health::server::health_reporter();
+    reporter.set_service_status(LIVENESS, ServingStatus::Serving).await;
     reporter.set_service_status("", ServingStatus::NotServing).await;
     reporter.set_not_serving::<S>().await;
     (reporter, service)
