@@ -36,6 +36,9 @@ async fn redis_outage_turns_health_not_serving_and_calls_unavailable_then_recove
         })
         .await;
     }
+    for addr in addrs {
+        assert_eq!(Mesh::health(addr, "liveness").await, Some(1), "liveness does not follow Redis");
+    }
     let err = gw
         .start_run(pb::StartRunRequest { workflow_name: "r".into(), ..Default::default() })
         .await
