@@ -25,8 +25,9 @@ fi
 export AURA_PYTHON="$PWD/.venv/bin/python"
 
 echo "== cargo test --workspace"
+# Some end-to-end tests run the real binary (killed, restarted, scraped): build it first.
+cargo build --bin aura
 cargo test --workspace
 
 echo "== helm chart checks"
-cargo build -q --bin aura
 AURA_BIN="$PWD/target/debug/aura" bash tests/helm/run.sh

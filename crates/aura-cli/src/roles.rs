@@ -19,8 +19,9 @@ pub async fn serve(role: Role, settings: Settings) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot serve metrics on {metrics_listen}: {e}"))?;
     let token = CancellationToken::new();
     shutdown::cancel_on_signal(token.clone());
-    tokio::spawn(metrics::serve(metrics_listener, registry(role), token.clone()));
-    run_role(role, &settings, listener, token).await
+    let registry = registry(role);
+    tokio::spawn(metrics::serve(metrics_listener, registry.clone(), token.clone()));
+    run_role(role, &settings, listener, token, registry).await
 }
 
 /// Runs a role on an already bound listener (shared by `serve` and `up`).
@@ -29,6 +30,7 @@ pub async fn run_role(
     s: &Settings,
     listener: tokio::net::TcpListener,
     token: CancellationToken,
+    registry: metrics::SharedRegistry,
 ) -> anyhow::Result<()> {
     match role {
         Role::Gateway => {
@@ -36,6 +38,7 @@ pub async fn run_role(
                 scheduler_urls: s.scheduler_urls.clone(),
                 events_urls: s.events_urls.clone(),
                 redis_url: s.redis_url.clone(),
+                metrics: registry,
                 ..Default::default()
             };
             aura_gateway::serve(config, listener, token).await
@@ -44,11 +47,13 @@ pub async fn run_role(
             let config = aura_scheduler::Config {
                 redis_url: s.redis_url.clone(),
                 partitions: s.partitions,
+                metrics: registry,
                 ..Default::default()
             };
             aura_scheduler::serve(config, listener, token).await
         }
         Role::Worker => {
+            drop(registry);
             let config = aura_worker::Config {
                 scheduler_urls: s.scheduler_urls.clone(),
                 redis_url: s.redis_url.clone(),
@@ -64,6 +69,7 @@ pub async fn run_role(
             let config = aura_events::Config {
                 redis_url: s.redis_url.clone(),
                 partitions: s.partitions,
+                metrics: registry,
                 ..Default::default()
             };
             aura_events::serve(config, listener, token).await
@@ -71,8 +77,7 @@ pub async fn run_role(
     }
 }
 
-/// The role's Prometheus registry. For now: build info only; the full set of series is
-/// listed as not done yet in the README.
+/// The role's Prometheus registry, with build info; each service registers its own series.
 pub fn registry(role: Role) -> metrics::SharedRegistry {
     let registry = metrics::registry();
     let info = Family::<Vec<(String, String)>, Gauge>::default();

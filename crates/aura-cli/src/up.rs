@@ -94,14 +94,17 @@ pub async fn run(opts: UpOpts) -> anyhow::Result<()> {
         (Role::Gateway, opts.gateway_port),
     ];
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, (role, port)) in roles.into_iter().enumerate() {
+    for (role, port) in roles {
         let listener = grpc::bind(addr(port))
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", addr(port)))?;
-        let metrics_addr = addr(opts.metrics_port + i as u16);
+        // Same order as the defaults: gateway, scheduler, worker, events.
+        let metrics_addr =
+            addr(opts.metrics_port + (role.default_metrics_port() - Role::Gateway.default_metrics_port()));
+        let registry = roles::registry(role);
         match metrics::bind(metrics_addr).await {
             Ok(l) => {
-                tokio::spawn(metrics::serve(l, roles::registry(role), token.clone()));
+                tokio::spawn(metrics::serve(l, registry.clone(), token.clone()));
             }
             Err(e) => {
                 tracing::warn!(addr = %metrics_addr, error = %e, "metrics port busy; /metrics disabled for this role")
@@ -109,7 +112,7 @@ pub async fn run(opts: UpOpts) -> anyhow::Result<()> {
         }
         let settings = settings.clone();
         let token = token.clone();
-        tasks.spawn(async move { roles::run_role(role, &settings, listener, token).await });
+        tasks.spawn(async move { roles::run_role(role, &settings, listener, token, registry).await });
     }
     let gateway = format!("{}:{}", opts.bind, opts.gateway_port);
     println!("AURA is up. Gateway: {gateway} (gRPC, plaintext). Redis: {}", settings.redis_url);

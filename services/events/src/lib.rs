@@ -32,6 +32,8 @@ pub struct Config {
     pub subscriber_buffer: usize,
     /// Queue partitions (as the Scheduler's): run topics live in their run's partition.
     pub partitions: usize,
+    /// Where this role's Prometheus series are registered (served by the caller).
+    pub metrics: aura_common::metrics::SharedRegistry,
 }
 
 impl Default for Config {
@@ -42,6 +44,7 @@ impl Default for Config {
             retention: Retention::default(),
             subscriber_buffer: 1024,
             partitions: 1,
+            metrics: aura_common::metrics::registry(),
         }
     }
 }
@@ -225,8 +228,10 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         Duration::from_secs(1),
         shutdown.clone(),
     );
+    let gauges = tokio::spawn(hub_gauges(service.hub.clone(), &config.metrics, shutdown.clone()));
     tracing::info!(addr = %listener.local_addr()?, "events listening");
     tonic::transport::Server::builder()
+        .layer(aura_common::metrics::GrpcMetricsLayer::new(&config.metrics))
         .add_service(health)
         .add_service(grpc::reflection_v1())
         .add_service(grpc::reflection_v1alpha())
@@ -234,6 +239,37 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         .serve_with_incoming_shutdown(grpc::incoming(listener), shutdown.cancelled_owned())
         .await?;
     let _ = health_task.await;
+    let _ = gauges.await;
     tracing::info!("events stopped");
     Ok(())
+}
+
+/// Subscriber and Redis-subscription counts as gauges.
+fn hub_gauges(
+    hub: Hub,
+    registry: &aura_common::metrics::SharedRegistry,
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = ()> + use<> {
+    use prometheus_client::metrics::gauge::Gauge;
+    let subscribers = Gauge::<i64>::default();
+    let patterns = Gauge::<i64>::default();
+    {
+        let mut r = registry.lock().unwrap_or_else(|p| p.into_inner());
+        r.register("events_subscribers", "Local event subscribers", subscribers.clone());
+        r.register(
+            "events_redis_patterns",
+            "Redis pattern subscriptions held (one per distinct pattern)",
+            patterns.clone(),
+        );
+    }
+    async move {
+        loop {
+            subscribers.set(hub.subscriber_count() as i64);
+            patterns.set(hub.redis_pattern_count() as i64);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
 }

@@ -29,6 +29,8 @@ pub struct Config {
     pub redis_url: String,
     /// Largest request message accepted, bytes.
     pub max_message_bytes: usize,
+    /// Where this role's Prometheus series are registered (served by the caller).
+    pub metrics: aura_common::metrics::SharedRegistry,
 }
 
 impl Default for Config {
@@ -38,6 +40,7 @@ impl Default for Config {
             events_urls: vec!["http://127.0.0.1:50054".into()],
             redis_url: "redis://127.0.0.1:6379".into(),
             max_message_bytes: 4 * 1024 * 1024,
+            metrics: aura_common::metrics::registry(),
         }
     }
 }
@@ -59,6 +62,8 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     );
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     tonic::transport::Server::builder()
+        // Outermost: counts and times every call, including refused ones.
+        .layer(aura_common::metrics::GrpcMetricsLayer::new(&config.metrics))
         .add_service(health)
         .add_service(grpc::reflection_v1())
         .add_service(grpc::reflection_v1alpha())

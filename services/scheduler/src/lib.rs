@@ -31,6 +31,8 @@ pub struct Config {
     pub prefix: String,
     /// Largest accepted workflow spec, bytes.
     pub max_spec_bytes: usize,
+    /// Where this role's Prometheus series are registered (served by the caller).
+    pub metrics: aura_common::metrics::SharedRegistry,
 }
 
 impl Default for Config {
@@ -40,6 +42,7 @@ impl Default for Config {
             partitions: 1,
             prefix: "aura".into(),
             max_spec_bytes: 1 << 20,
+            metrics: aura_common::metrics::registry(),
         }
     }
 }
@@ -82,9 +85,11 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         let shutdown = shutdown.clone();
         tokio::spawn(async move { engine.run_schedules(Duration::from_millis(250), shutdown).await })
     };
+    let gauges = tokio::spawn(queue_gauges(engine.clone(), &config.metrics, shutdown.clone()));
     let service = SchedulerService::new(engine, shutdown.clone());
     tracing::info!(addr = %listener.local_addr()?, "scheduler listening");
     tonic::transport::Server::builder()
+        .layer(aura_common::metrics::GrpcMetricsLayer::new(&config.metrics))
         .add_service(health)
         .add_service(grpc::reflection_v1())
         .add_service(grpc::reflection_v1alpha())
@@ -98,6 +103,63 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     let _ = health_task.await;
     let _ = maintenance.await;
     let _ = schedules.await;
+    let _ = gauges.await;
     tracing::info!("scheduler stopped");
     Ok(())
+}
+
+/// Labels of the queue depth gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct QueueState {
+    queue: String,
+    state: String,
+}
+
+/// Publishes the built-in queue's counters as gauges every few seconds (counted in Redis,
+/// never scanned).
+fn queue_gauges(
+    engine: aura_engine::Engine,
+    registry: &aura_common::metrics::SharedRegistry,
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = ()> + use<> {
+    use prometheus_client::metrics::{family::Family, gauge::Gauge};
+    let depth = Family::<QueueState, Gauge>::default();
+    let redis_up = Gauge::<i64>::default();
+    {
+        let mut r = registry.lock().unwrap_or_else(|p| p.into_inner());
+        r.register(
+            "queue_jobs",
+            "Jobs of the built-in queue by state (completed/failed are totals)",
+            depth.clone(),
+        );
+        r.register("redis_up", "1 while Redis answers", redis_up.clone());
+    }
+    async move {
+        loop {
+            match engine.queue().stats(aura_engine::spec::BUILTIN_QUEUE).await {
+                Ok(stats) => {
+                    redis_up.set(1);
+                    for (state, value) in [
+                        ("waiting", stats.waiting),
+                        ("delayed", stats.delayed),
+                        ("active", stats.active),
+                        ("completed", stats.completed),
+                        ("failed", stats.failed),
+                        ("dead", stats.dead),
+                    ] {
+                        depth
+                            .get_or_create(&QueueState { queue: stats.queue.clone(), state: state.into() })
+                            .set(value as i64);
+                    }
+                }
+                Err(_) => {
+                    redis_up.set(0);
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
 }
