@@ -461,7 +461,7 @@ mod tests {
                 serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             spec.validate(1 << 20).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             for step in &spec.steps {
-                aura_steps::validate_config(&step.kind, &step.config)
+                aura_steps::validate_step(&step.kind, &step.config, &step.depends_on)
                     .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
             }
             checked += 1;

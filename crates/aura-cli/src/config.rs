@@ -129,6 +129,9 @@ pub struct ServeOpts {
     /// Worker: most tasks in flight [default: 64].
     #[arg(long, env = "AURA_WORKER_CONCURRENCY")]
     pub concurrency: Option<usize>,
+    /// Worker: most tasks in flight per step kind, e.g. `http=32,llm=4` [default: none].
+    #[arg(long, env = "AURA_WORKER_KIND_CONCURRENCY")]
+    pub kind_concurrency: Option<String>,
     /// Worker: queues to poll, comma-separated [default: builtin].
     #[arg(long, env = "AURA_WORKER_QUEUES")]
     pub queues: Option<String>,
@@ -151,6 +154,7 @@ struct FileConfig {
     events_url: Option<String>,
     partitions: Option<usize>,
     concurrency: Option<usize>,
+    kind_concurrency: Option<String>,
     queues: Option<String>,
     drain_timeout_secs: Option<u64>,
     llm_api_key: Option<String>,
@@ -166,6 +170,7 @@ pub struct Settings {
     pub events_urls: Vec<String>,
     pub partitions: usize,
     pub concurrency: usize,
+    pub kind_concurrency: std::collections::BTreeMap<String, usize>,
     pub queues: Vec<String>,
     pub drain_timeout: Duration,
     pub llm_api_key: Option<String>,
@@ -218,6 +223,10 @@ impl Settings {
             ),
             partitions,
             concurrency,
+            kind_concurrency: aura_worker::parse_kind_concurrency(
+                opts.kind_concurrency.as_deref().or(file.kind_concurrency.as_deref()).unwrap_or(""),
+            )
+            .map_err(|e| anyhow::anyhow!("AURA_WORKER_KIND_CONCURRENCY / --kind-concurrency: {e}"))?,
             queues: list(&opts.queues.clone().or(file.queues).unwrap_or_else(|| "builtin".into())),
             drain_timeout: Duration::from_secs(
                 opts.drain_timeout_secs.or(file.drain_timeout_secs).unwrap_or(30),

@@ -53,7 +53,6 @@ pub async fn run_role(
             aura_scheduler::serve(config, listener, token).await
         }
         Role::Worker => {
-            drop(registry);
             let config = aura_worker::Config {
                 scheduler_urls: s.scheduler_urls.clone(),
                 redis_url: s.redis_url.clone(),
@@ -61,6 +60,8 @@ pub async fn run_role(
                 concurrency: s.concurrency,
                 drain_timeout: s.drain_timeout,
                 llm_api_key: s.llm_api_key.clone(),
+                kind_concurrency: s.kind_concurrency.clone(),
+                metrics: registry,
                 ..Default::default()
             };
             aura_worker::serve(config, listener, token).await

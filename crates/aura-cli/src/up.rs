@@ -81,6 +81,7 @@ pub async fn run(opts: UpOpts) -> anyhow::Result<()> {
         events_urls: vec![format!("http://{}", addr(opts.events_port))],
         partitions: opts.partitions,
         concurrency: opts.concurrency,
+        kind_concurrency: Default::default(),
         queues: vec!["builtin".into()],
         drain_timeout: Duration::from_secs(30),
         llm_api_key: std::env::var("AURA_LLM_API_KEY").ok(),

@@ -116,16 +116,80 @@ impl Executor {
     }
 }
 
-/// Checks what can be checked of a step's config before any run: jq programs compile and
-/// templates parse. Returns the config key at fault and why.
+/// Checks what can be checked of a step's config before any run: jq programs compile,
+/// templates parse, and URLs without templates are valid `http(s)` URLs. Returns the config
+/// key at fault and why.
 pub fn validate_config(kind: &str, config: &Map<String, Json>) -> Result<(), (String, String)> {
     if kind == "transform"
         && let Some(Json::String(program)) = config.get("jq")
     {
         transform::compile_check(program).map_err(|e| ("jq".to_string(), e))?;
     }
+    let url_key = match kind {
+        "http" => Some("url"),
+        "llm" => Some("base_url"),
+        _ => None,
+    };
+    if let Some(key) = url_key
+        && let Some(Json::String(url)) = config.get(key)
+        && !template::is_template(url)
+    {
+        http::parse_url(url).map_err(|e| (key.to_string(), e))?;
+    }
     for (key, value) in config {
         template::check_syntax(value).map_err(|e| (key.clone(), e))?;
+        template::check_variables(value, None).map_err(|e| (key.clone(), e))?;
     }
     Ok(())
+}
+
+/// [`validate_config`], plus: templates read `steps.<id>` only for ids in `depends_on`
+/// (no other step's output is ever passed to a step).
+pub fn validate_step(
+    kind: &str,
+    config: &Map<String, Json>,
+    depends_on: &[String],
+) -> Result<(), (String, String)> {
+    validate_config(kind, config)?;
+    for (key, value) in config {
+        template::check_variables(value, Some(depends_on)).map_err(|e| (key.clone(), e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(value: Json) -> Map<String, Json> {
+        value.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn validate_config_names_the_key_at_fault() {
+        let key = |kind: &str, c: Json| validate_config(kind, &config(c)).map_err(|(key, _)| key);
+        assert_eq!(key("transform", json!({"jq": ".[ | oops"})), Err("jq".into()));
+        assert_eq!(key("http", json!({"url": "http://exa mple.com/"})), Err("url".into()));
+        assert_eq!(key("http", json!({"url": "http://x/{{ broken"})), Err("url".into()));
+        assert_eq!(key("llm", json!({"base_url": "localhost:8080", "model": "m"})), Err("base_url".into()));
+        assert_eq!(key("http", json!({"url": "https://example.com/{{ input.id }}"})), Ok(()));
+        assert_eq!(key("http", json!({"url": "{{ input.url }}"})), Ok(()), "checked when rendered");
+        assert_eq!(key("http", json!({"url": "http://x", "body": {"a": ["{{ x"]}})), Err("body".into()));
+        assert_eq!(key("http", json!({"url": "http://x/{{ inputs.id }}"})), Err("url".into()));
+    }
+
+    #[test]
+    fn validate_step_checks_step_references_against_dependencies() {
+        let deps = ["fetch".to_string()];
+        let config = config(json!({"url": "http://x/{{ steps.fetch.output.body.id }}"}));
+        assert_eq!(validate_step("http", &config, &deps), Ok(()));
+        let config = config_of("{{ steps.fecth.output.body.id }}");
+        let (key, why) = validate_step("http", &config, &deps).unwrap_err();
+        assert_eq!(key, "url");
+        assert!(why.contains("does not depend on \"fecth\""), "{why}");
+    }
+
+    fn config_of(url: &str) -> Map<String, Json> {
+        config(json!({ "url": url }))
+    }
 }

@@ -9,7 +9,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use redis::AsyncCommands;
 use serde_json::{Value as Json, json};
 
-use crate::{Executor, StepError, StepInput, template};
+use crate::{Executor, StepError, StepInput, http, template};
+
+/// At most this much of an answer body goes into an error message.
+const EXCERPT_CHARS: usize = 300;
+
+fn excerpt(text: &str) -> String {
+    let mut chars = text.chars();
+    let head: String = chars.by_ref().take(EXCERPT_CHARS).collect();
+    if chars.next().is_some() { format!("{head}…") } else { head }
+}
 
 /// Cache counters of this process.
 #[derive(Debug, Default)]
@@ -72,14 +81,20 @@ pub async fn run(exec: &Executor, step: &StepInput<'_>) -> Result<Json, StepErro
     }
     let resp = req.send().await.map_err(|e| StepError::retry(format!("llm call failed: {e}")))?;
     let status = resp.status();
-    let body: Json =
-        resp.json().await.map_err(|e| StepError::retry(format!("llm answer is not JSON: {e}")))?;
-    if status.as_u16() == 429 || status.is_server_error() {
-        return Err(StepError::retry(format!("llm answered HTTP {status}: {body}")));
+    let retry_after =
+        resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(http::parse_retry_after);
+    let text =
+        resp.text().await.map_err(|e| StepError::retry(format!("reading the llm answer failed: {e}")))?;
+    // The status decides before the body is parsed: a 401 with an HTML page is not retried.
+    if status.as_u16() == 429 || status.as_u16() == 408 || status.is_server_error() {
+        let message = format!("llm answered HTTP {status}: {}", excerpt(&text));
+        return Err(StepError::Retryable { message, retry_after });
     }
     if !status.is_success() {
-        return Err(StepError::Fatal(format!("llm answered HTTP {status}: {body}")));
+        return Err(StepError::Fatal(format!("llm answered HTTP {status}: {}", excerpt(&text))));
     }
+    let body: Json = serde_json::from_str(&text)
+        .map_err(|e| StepError::retry(format!("llm answer is not JSON ({e}): {}", excerpt(&text))))?;
     let content = body.pointer("/choices/0/message/content").cloned().unwrap_or(Json::Null);
     let out = json!({ "content": content, "model": body.get("model").cloned().unwrap_or(json!(model)), "usage": body.get("usage").cloned().unwrap_or(Json::Null), "cached": false });
     if ttl > 0 {

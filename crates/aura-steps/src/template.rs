@@ -13,7 +13,8 @@ fn env() -> Environment<'static> {
     env
 }
 
-fn is_template(s: &str) -> bool {
+/// Whether `s` is rendered (contains `{{` or `{%`).
+pub fn is_template(s: &str) -> bool {
     s.contains("{{") || s.contains("{%")
 }
 
@@ -62,6 +63,46 @@ pub fn check_syntax(value: &Json) -> Result<(), String> {
     }
 }
 
+/// Checks the variables every templated string inside `value` reads, where that can be
+/// decided before a run: the root must be `input` or `steps` (or a minijinja global such as
+/// `range`), and with `dependencies` given, `steps.<id>` must name one of them (outputs of
+/// other steps are never passed). What `input.*` holds is only known at run time.
+pub fn check_variables(value: &Json, dependencies: Option<&[String]>) -> Result<(), String> {
+    match value {
+        Json::String(s) if is_template(s) => {
+            let env = env();
+            let Ok(template) = env.template_from_str(s) else { return Ok(()) }; // see check_syntax
+            let mut names: Vec<String> = template.undeclared_variables(true).into_iter().collect();
+            names.sort();
+            for name in names {
+                let mut path = name.split('.');
+                let root = path.next().unwrap_or_default();
+                if root == "input" || env.globals().any(|(global, _)| global == root) {
+                    continue;
+                }
+                if root != "steps" {
+                    return Err(format!(
+                        "template {s:?} reads {name:?}, which is never defined: templates see \
+                         `input.<field>` and `steps.<dependency id>.output`"
+                    ));
+                }
+                if let (Some(id), Some(deps)) = (path.next(), dependencies)
+                    && !deps.iter().any(|d| d == id)
+                {
+                    return Err(format!(
+                        "template {s:?} reads {name:?}, but the step does not depend on {id:?} \
+                         (only dependencies' outputs are passed)"
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Json::Array(items) => items.iter().try_for_each(|v| check_variables(v, dependencies)),
+        Json::Object(map) => map.values().try_for_each(|v| check_variables(v, dependencies)),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +117,20 @@ mod tests {
         let err = render(&json!("{{ input.nope }}"), &ctx).unwrap_err();
         assert!(err.to_string().contains("undefined"), "{err}");
         assert!(check_syntax(&json!("{{ broken")).is_err());
+    }
+
+    #[test]
+    fn variables_that_can_never_be_defined_are_caught_before_a_run() {
+        let deps = ["a".to_string()];
+        let ok = json!({"url": "http://x/{{ input.id }}/{{ steps.a.output.n }}",
+                        "body": ["{% for i in range(2) %}{{ i }}{{ loop.index }}{% endfor %}",
+                                 "{% for m in input.items %}{{ m.name }}{% endfor %}"]});
+        assert_eq!(check_variables(&ok, Some(&deps)), Ok(()));
+        let err = check_variables(&json!({"u": "{{ inputs.id }}"}), None).unwrap_err();
+        assert!(err.contains("\"inputs.id\"") && err.contains("never defined"), "{err}");
+        assert!(check_variables(&json!(["{{ nope }}"]), Some(&deps)).is_err());
+        let err = check_variables(&json!("{{ steps.b.output }}"), Some(&deps)).unwrap_err();
+        assert!(err.contains("does not depend on \"b\""), "{err}");
+        assert_eq!(check_variables(&json!("{{ steps.b.output }}"), None), Ok(()), "dependencies unknown");
     }
 }

@@ -26,44 +26,11 @@ pub fn channel(urls: &[String]) -> anyhow::Result<Channel> {
     Ok(Channel::balance_list(endpoints.into_iter()))
 }
 
-/// Parses a `grpc-timeout` header value (`<digits><unit>`).
-fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 /// A fresh upstream request with the caller's message and deadline (or `default`). Only the
 /// deadline crosses over: the caller's other headers (credentials, hop-by-hop) stay here.
 pub fn forward<T>(req: Request<T>, default: Duration) -> Request<T> {
-    let deadline = req
-        .metadata()
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout)
-        .unwrap_or(default);
+    let deadline = aura_common::grpc::grpc_timeout(req.metadata()).unwrap_or(default);
     let mut out = Request::new(req.into_inner());
     out.set_timeout(deadline);
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_grpc_timeouts() {
-        assert_eq!(parse_grpc_timeout("50m"), Some(Duration::from_millis(50)));
-        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_grpc_timeout("x"), None);
-        assert_eq!(parse_grpc_timeout(""), None);
-    }
 }

@@ -57,9 +57,9 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         spec.validate(self.engine.max_spec_bytes()).map_err(to_status)?;
         // What only the step kinds know: jq programs compile, templates parse.
         for (i, step) in spec.steps.iter().enumerate() {
-            aura_steps::validate_config(&step.kind, &step.config).map_err(|(key, reason)| {
-                status::invalid_field(format!("spec.steps[{i}].config.{key}"), reason)
-            })?;
+            aura_steps::validate_step(&step.kind, &step.config, &step.depends_on).map_err(
+                |(key, reason)| status::invalid_field(format!("spec.steps[{i}].config.{key}"), reason),
+            )?;
         }
         let (wf, created) = self.engine.registry().register(&spec).await.map_err(to_status)?;
         tracing::info!(workflow = %wf.spec.name, version = wf.version, created, "workflow registered");
@@ -194,6 +194,9 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
     }
 
     async fn poll_tasks(&self, req: Request<pb::PollTasksRequest>) -> Reply<pb::PollTasksResponse> {
+        // Tasks claimed after the caller gave up would stay leased to nobody until their
+        // lease expires (costing an attempt): answer well before the caller's deadline.
+        let deadline = aura_common::grpc::grpc_timeout(req.metadata());
         let req = req.into_inner();
         let wait = match req.wait.as_ref() {
             None => DEFAULT_POLL_WAIT,
@@ -202,6 +205,10 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         if wait > MAX_POLL_WAIT {
             return Err(status::invalid_field("wait", "must be at most 60 s"));
         }
+        let wait = match deadline {
+            Some(d) => wait.min(d.saturating_sub(d / 5).saturating_sub(Duration::from_millis(100))),
+            None => wait,
+        };
         let tasks = self
             .engine
             .poll_tasks(&req.worker_id, &req.queues, req.max_tasks as usize, wait, &self.shutdown)

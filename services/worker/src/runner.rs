@@ -4,12 +4,18 @@
 //! each on its own task with the step's timeout, batches results into one
 //! `ReportTaskResults` call per burst, and heartbeats every in-flight lease in one call per
 //! period; a heartbeat answering "cancelled" or "lost" aborts the step at once.
+//!
+//! Per-kind limits: every built-in kind waits in the one `builtin` queue and a poll cannot
+//! pick kinds, so any task claimed may be of any kind. The runner therefore asks for at most
+//! `min(free slots, free slots of each limited kind)` tasks: whatever kinds arrive, each can
+//! start at once. The price is that a saturated limited kind (say `llm=4` with four calls
+//! running) pauses polling for every kind until one of them finishes.
 
 use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -18,7 +24,7 @@ use aura_common::CancellationToken;
 use aura_proto::{json, v1 as pb};
 use aura_steps::{Executor, StepError, StepInput};
 use pb::scheduler_client::SchedulerClient;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
@@ -53,7 +59,10 @@ struct Inner {
     config: Config,
     client: SchedulerClient<Channel>,
     executor: Executor,
+    /// One permit per task in flight.
     slots: Arc<Semaphore>,
+    /// One semaphore per kind with a limit (`Config::kind_concurrency`).
+    kind_slots: HashMap<String, Arc<Semaphore>>,
     in_flight: Mutex<HashMap<String, InFlight>>,
     results: mpsc::UnboundedSender<pb::TaskResult>,
     results_rx: Mutex<Option<mpsc::UnboundedReceiver<pb::TaskResult>>>,
@@ -61,6 +70,12 @@ struct Inner {
     draining: CancellationToken,
     /// Set once the drain finished.
     drained: tokio::sync::OnceCell<(u32, u32)>,
+    /// True once the poll loop was started (a drain then waits for it to stop).
+    polling: AtomicBool,
+    /// Cancelled when the poll loop has returned: no poll is in flight any more.
+    poll_stopped: CancellationToken,
+    /// Tasks a poll brought in after the drain started, handed straight back.
+    released_while_draining: AtomicU32,
     /// Stops the reporter once every result is sent.
     reporter_stop: CancellationToken,
     reporter_done: tokio::sync::Notify,
@@ -80,9 +95,15 @@ impl Runner {
     pub fn new(config: Config, channel: Channel, executor: Executor) -> Self {
         let (results, results_rx) = mpsc::unbounded_channel();
         let client = SchedulerClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+        let kind_slots = config
+            .kind_concurrency
+            .iter()
+            .map(|(kind, limit)| (kind.clone(), Arc::new(Semaphore::new(*limit))))
+            .collect();
         Runner {
             inner: Arc::new(Inner {
                 slots: Arc::new(Semaphore::new(config.concurrency)),
+                kind_slots,
                 config,
                 client,
                 executor,
@@ -91,6 +112,9 @@ impl Runner {
                 results_rx: Mutex::new(Some(results_rx)),
                 draining: CancellationToken::new(),
                 drained: tokio::sync::OnceCell::new(),
+                polling: AtomicBool::new(false),
+                poll_stopped: CancellationToken::new(),
+                released_while_draining: AtomicU32::new(0),
                 reporter_stop: CancellationToken::new(),
                 reporter_done: tokio::sync::Notify::new(),
                 reporter_finished: AtomicBool::new(false),
@@ -110,24 +134,33 @@ impl Runner {
         let Some(rx) = rx else { return };
         let reporter = tokio::spawn(self.clone().report_loop(rx));
         let heartbeats = tokio::spawn(self.clone().heartbeat_loop());
+        self.inner.polling.store(true, Ordering::SeqCst);
+        let poller = tokio::spawn(self.clone().poll_loop());
         let stop = self.inner.draining.clone();
         tokio::select! {
-            _ = self.clone().poll_loop() => {}
             _ = shutdown.cancelled() => {}
             _ = stop.cancelled() => {}
         }
         self.drain(None).await;
         let _ = reporter.await;
         heartbeats.abort();
+        poller.abort();
     }
 
+    /// Polls until the drain starts. A poll in flight is never cut short: the tasks it
+    /// claimed could only come back when their leases expire (costing an attempt). Tasks it
+    /// brings in after the drain started are handed straight back by [`Runner::start`].
     async fn poll_loop(self) {
+        let _stopped = self.inner.poll_stopped.clone().drop_guard();
         let mut backoff = Duration::from_millis(100);
         while !self.inner.draining.is_cancelled() {
-            // Wait for a free slot, then ask for as many tasks as there are free slots.
-            let Ok(first) = self.inner.slots.clone().acquire_owned().await else { return };
-            let want = 1 + self.inner.slots.available_permits();
-            drop(first);
+            let want = tokio::select! {
+                want = self.room() => want,
+                _ = self.inner.draining.cancelled() => return,
+            };
+            if want == 0 {
+                return; // the semaphores were closed: nothing can run any more
+            }
             let request = pb::PollTasksRequest {
                 worker_id: self.inner.config.worker_id.clone(),
                 queues: self.inner.config.queues.clone(),
@@ -154,16 +187,46 @@ impl Runner {
         }
     }
 
+    /// Waits until a task of any kind could start, then returns how many could: the
+    /// smallest number of free slots over the total and every limited kind. Only the poll
+    /// loop takes permits outside running tasks, so the count can only grow until the
+    /// tasks of the next poll start.
+    async fn room(&self) -> usize {
+        let Ok(first) = self.inner.slots.clone().acquire_owned().await else { return 0 };
+        let mut want = 1 + self.inner.slots.available_permits();
+        let mut held: Vec<OwnedSemaphorePermit> = Vec::with_capacity(self.inner.kind_slots.len());
+        for slots in self.inner.kind_slots.values() {
+            let Ok(permit) = slots.clone().acquire_owned().await else { return 0 };
+            held.push(permit);
+            want = want.min(1 + slots.available_permits());
+        }
+        drop(first);
+        drop(held);
+        want
+    }
+
     fn start(&self, task: pb::Task) {
-        let Ok(permit) = self.inner.slots.clone().try_acquire_owned() else {
-            // More tasks than slots (should not happen): hand it back untouched.
-            let _ = self.inner.results.send(release(&task, "worker has no free slot"));
-            return;
-        };
         if self.inner.draining.is_cancelled() {
+            self.inner.released_while_draining.fetch_add(1, Ordering::Relaxed);
             let _ = self.inner.results.send(release(&task, "worker is draining"));
             return;
         }
+        // Both permits are free by construction (see `room`); if not, hand the task back
+        // untouched rather than run more than allowed.
+        let Ok(permit) = self.inner.slots.clone().try_acquire_owned() else {
+            let _ = self.inner.results.send(release(&task, "worker has no free slot"));
+            return;
+        };
+        let kind_permit = match self.inner.kind_slots.get(&task.kind) {
+            None => None,
+            Some(slots) => match slots.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    let _ = self.inner.results.send(release(&task, "worker is at its limit for this kind"));
+                    return;
+                }
+            },
+        };
         let runner = self.clone();
         let task_id = task.task_id.clone();
         let lease_token = task.lease_token.clone();
@@ -175,7 +238,7 @@ impl Runner {
             if runner.in_flight().remove(&task.task_id).is_some() {
                 let _ = runner.inner.results.send(result);
             }
-            drop(permit);
+            drop((permit, kind_permit));
         });
         in_flight.insert(task_id, InFlight { lease_token, kind, abort: handle.abort_handle() });
     }
@@ -344,10 +407,14 @@ impl Runner {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 let leftovers: Vec<(String, InFlight)> = this.in_flight().drain().collect();
-                let handed_back = leftovers.len() as u32;
-                if handed_back > 0 {
-                    tracing::warn!(handed_back, "drain timeout reached; handing unfinished tasks back");
+                let leftover_count = leftovers.len() as u32;
+                if leftover_count > 0 {
+                    tracing::warn!(
+                        handed_back = leftover_count,
+                        "drain timeout reached; handing unfinished tasks back"
+                    );
                 }
+                let handed_back = leftover_count;
                 for (task_id, f) in leftovers {
                     f.abort.abort();
                     let _ = this.inner.results.send(pb::TaskResult {
@@ -361,12 +428,23 @@ impl Runner {
                         })),
                     });
                 }
+                // Wait for the poll in flight (at most POLL_WAIT): whatever it brings is handed
+                // back through the reporter, which must therefore still be running.
+                if this.inner.polling.load(Ordering::SeqCst) {
+                    let stopped = this.inner.poll_stopped.cancelled();
+                    if tokio::time::timeout(POLL_WAIT + Duration::from_secs(5), stopped).await.is_err() {
+                        tracing::warn!(
+                            "the last poll did not return; its tasks come back when their leases expire"
+                        );
+                    }
+                }
+                let handed_back = handed_back + this.inner.released_while_draining.load(Ordering::Relaxed);
                 let done = this.inner.reporter_done.notified();
                 this.inner.reporter_stop.cancel();
                 if !this.inner.reporter_finished.load(Ordering::SeqCst) {
                     let _ = tokio::time::timeout(Duration::from_secs(30), done).await;
                 }
-                (at_start.saturating_sub(handed_back), handed_back)
+                (at_start.saturating_sub(leftover_count), handed_back)
             })
             .await
     }
