@@ -73,7 +73,7 @@ async fn every_role_serves_prometheus_metrics() {
         }
     };
     let child = Command::new(aura_bin())
-        .args(["up", "--redis-url", &redis.url(), "--bind", "127.0.0.1"])
+        .args(["up", "--redis-url", &redis.url(), "--bind", "127.0.0.1", "--insecure-no-auth"])
         .args(["--gateway-port", &ports[0].to_string(), "--scheduler-port", &ports[1].to_string()])
         .args(["--worker-port", &ports[2].to_string(), "--events-port", &ports[3].to_string()])
         .args(["--metrics-port", &metrics_base.to_string()])

@@ -21,7 +21,13 @@ async fn register_noop(gw: &mut pb::gateway_client::GatewayClient<tonic::transpo
 async fn ten_thousand_runs_on_two_schedulers_and_three_workers_none_lost_none_twice() {
     const RUNS: usize = 10_000;
     let redis = RedisServer::start();
-    let options = MeshOptions { partitions: 2, worker_concurrency: 64, schedulers: 2, workers: 3 };
+    let options = MeshOptions {
+        partitions: 2,
+        worker_concurrency: 64,
+        schedulers: 2,
+        workers: 3,
+        ..Default::default()
+    };
     let mesh = Mesh::start(&redis.url(), options).await;
     let mut gw = mesh.gateway().await;
     register_noop(&mut gw, "bulk").await;

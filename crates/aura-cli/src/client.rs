@@ -8,7 +8,7 @@ use pb::gateway_client::GatewayClient;
 use tokio_stream::StreamExt;
 use tonic::{Request, transport::Channel};
 
-use crate::config::{ClientOpts, EventsCmd, QueueCmd, RunCmd, ScheduleCmd, WorkflowCmd};
+use crate::config::{ClientOpts, EventsCmd, KeysCmd, QueueCmd, RunCmd, ScheduleCmd, WorkflowCmd};
 
 struct Client {
     inner: GatewayClient<Channel>,
@@ -381,6 +381,38 @@ pub async fn schedule(opts: ClientOpts, cmd: ScheduleCmd) -> anyhow::Result<()> 
     Ok(())
 }
 
+pub async fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
+    let url = match &cmd {
+        KeysCmd::Create { redis, .. } | KeysCmd::List { redis } | KeysCmd::Revoke { redis, .. } => {
+            redis.redis_url.clone()
+        }
+    };
+    let conn = aura_common::redis::connect(&url).await?;
+    let store = aura_auth::KeyStore::new(conn, "aura");
+    match cmd {
+        KeysCmd::Create { tenant, name, .. } => {
+            let (key, record) = store.create(&tenant, &name).await?;
+            eprintln!(
+                "created {} for tenant {} (shown once; only its hash is stored):",
+                record.id, record.tenant
+            );
+            println!("{key}");
+        }
+        KeysCmd::List { .. } => {
+            println!("{:<16} {:<20} {:<20} {:<8} CREATED", "ID", "TENANT", "NAME", "STATE");
+            for k in store.list().await? {
+                let state = if k.revoked { "revoked" } else { "active" };
+                println!("{:<16} {:<20} {:<20} {:<8} {}", k.id, k.tenant, k.name, state, k.created_at_ms);
+            }
+        }
+        KeysCmd::Revoke { id, .. } => {
+            let record = store.revoke(&id).await?;
+            println!("revoked {} (tenant {}); gateways refuse it within a second", record.id, record.tenant);
+        }
+    }
+    Ok(())
+}
+
 pub async fn events(opts: ClientOpts, cmd: EventsCmd) -> anyhow::Result<()> {
     let mut c = Client::connect(&opts).await?;
     let EventsCmd::Tail { pattern, from } = cmd;
@@ -428,8 +460,8 @@ pub async fn metrics(opts: ClientOpts, workflow: Option<String>, window: String)
 }
 
 /// `aura up --demo`: registers `examples/hello.yaml`'s workflow and runs it once.
-pub async fn demo(gateway: &str) -> anyhow::Result<()> {
-    let mut c = Client::connect_url(gateway, None).await?;
+pub async fn demo(gateway: &str, api_key: Option<String>) -> anyhow::Result<()> {
+    let mut c = Client::connect_url(gateway, api_key).await?;
     let spec: aura_engine::spec::WorkflowSpec =
         serde_norway::from_str(include_str!("../../../examples/hello.yaml"))?;
     let spec = aura_scheduler::convert::spec_to_pb(&spec);

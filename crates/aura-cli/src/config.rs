@@ -37,7 +37,7 @@ pub enum Command {
         /// Which role.
         role: Role,
         #[command(flatten)]
-        opts: ServeOpts,
+        opts: Box<ServeOpts>,
     },
     /// Run the whole mesh in one process (starts a private redis-server if none answers).
     Up(UpOpts),
@@ -53,6 +53,9 @@ pub enum Command {
     /// Cron schedules.
     #[command(subcommand)]
     Schedule(ScheduleCmd),
+    /// API keys (talks to Redis directly: an operator's tool).
+    #[command(subcommand)]
+    Keys(KeysCmd),
     /// Event streams.
     #[command(subcommand)]
     Events(EventsCmd),
@@ -138,6 +141,12 @@ pub struct ServeOpts {
     /// Seconds in-flight work may take to finish on shutdown [default: 30].
     #[arg(long, env = "AURA_DRAIN_TIMEOUT_SECS")]
     pub drain_timeout_secs: Option<u64>,
+    /// Gateway: accept calls without an API key (logs a warning at start).
+    #[arg(long, env = "AURA_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// Gateway: a file of `tenant:key` lines accepted besides the keys in Redis.
+    #[arg(long, env = "AURA_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
     /// Worker: default API key for `llm` steps.
     #[arg(long, env = "AURA_LLM_API_KEY", hide_env_values = true)]
     pub llm_api_key: Option<String>,
@@ -158,6 +167,8 @@ struct FileConfig {
     queues: Option<String>,
     drain_timeout_secs: Option<u64>,
     llm_api_key: Option<String>,
+    insecure_no_auth: Option<bool>,
+    api_keys_file: Option<PathBuf>,
 }
 
 /// Resolved settings of a role.
@@ -174,6 +185,8 @@ pub struct Settings {
     pub queues: Vec<String>,
     pub drain_timeout: Duration,
     pub llm_api_key: Option<String>,
+    pub insecure_no_auth: bool,
+    pub api_keys_file: Option<PathBuf>,
 }
 
 fn list(s: &str) -> Vec<String> {
@@ -232,6 +245,8 @@ impl Settings {
                 opts.drain_timeout_secs.or(file.drain_timeout_secs).unwrap_or(30),
             ),
             llm_api_key: opts.llm_api_key.clone().or(file.llm_api_key),
+            insecure_no_auth: opts.insecure_no_auth || file.insecure_no_auth.unwrap_or(false),
+            api_keys_file: opts.api_keys_file.clone().or(file.api_keys_file),
         })
     }
 }
@@ -267,6 +282,13 @@ pub struct UpOpts {
     /// Worker concurrency.
     #[arg(long, env = "AURA_WORKER_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
+    /// The development API key `aura up` registers for tenant `dev` (default: a new random
+    /// key, printed at start).
+    #[arg(long, env = "AURA_DEV_API_KEY", hide_env_values = true)]
+    pub dev_api_key: Option<String>,
+    /// Accept calls without an API key (logs a warning).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
     /// After start, register a demo workflow, run it and print the result.
     #[arg(long)]
     pub demo: bool,
@@ -411,4 +433,39 @@ pub enum ScheduleCmd {
         /// Schedule id.
         schedule_id: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCmd {
+    /// Create a key for a tenant; the key is printed once and stored only as a hash.
+    Create {
+        /// Tenant the key acts for.
+        #[arg(long)]
+        tenant: String,
+        /// A label.
+        #[arg(long, default_value = "")]
+        name: String,
+        #[command(flatten)]
+        redis: RedisOpt,
+    },
+    /// List keys (ids, tenants, names; never the keys).
+    List {
+        #[command(flatten)]
+        redis: RedisOpt,
+    },
+    /// Revoke a key by id; gateways refuse it within a second.
+    Revoke {
+        /// Key id (from `aura keys list`).
+        id: String,
+        #[command(flatten)]
+        redis: RedisOpt,
+    },
+}
+
+/// Where the keys live.
+#[derive(Args, Debug, Clone)]
+pub struct RedisOpt {
+    /// Redis URL.
+    #[arg(long, env = "AURA_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
 }

@@ -33,6 +33,7 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
         config::Command::Run(cmd) => client::run(cli.client, cmd).await,
         config::Command::Queue(cmd) => client::queue(cli.client, cmd).await,
         config::Command::Schedule(cmd) => client::schedule(cli.client, cmd).await,
+        config::Command::Keys(cmd) => client::keys(cmd).await,
         config::Command::Events(cmd) => client::events(cli.client, cmd).await,
         config::Command::Metrics { workflow, window } => client::metrics(cli.client, workflow, window).await,
     }

@@ -39,6 +39,8 @@ pub async fn run_role(
                 events_urls: s.events_urls.clone(),
                 redis_url: s.redis_url.clone(),
                 metrics: registry,
+                insecure_no_auth: s.insecure_no_auth,
+                api_keys_file: s.api_keys_file.clone(),
                 ..Default::default()
             };
             aura_gateway::serve(config, listener, token).await

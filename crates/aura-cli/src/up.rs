@@ -85,6 +85,30 @@ pub async fn run(opts: UpOpts) -> anyhow::Result<()> {
         queues: vec!["builtin".into()],
         drain_timeout: Duration::from_secs(30),
         llm_api_key: std::env::var("AURA_LLM_API_KEY").ok(),
+        insecure_no_auth: opts.insecure_no_auth,
+        api_keys_file: None,
+    };
+    // A development key for tenant `dev`, so the laptop setup is authenticated like production.
+    let dev_key = if opts.insecure_no_auth {
+        None
+    } else {
+        let store = aura_auth::KeyStore::new(aura_common::redis::connect(&settings.redis_url).await?, "aura");
+        let key = match &opts.dev_api_key {
+            Some(key) => {
+                anyhow::ensure!(key.len() >= 16, "--dev-api-key must be at least 16 characters");
+                let record = aura_auth::KeyRecord {
+                    id: "key_dev".into(),
+                    tenant: "dev".into(),
+                    name: "aura up".into(),
+                    created_at_ms: 0,
+                    revoked: false,
+                };
+                store.put(key, &record).await?;
+                key.clone()
+            }
+            None => store.create("dev", "aura up").await?.0,
+        };
+        Some(key)
     };
     let token = CancellationToken::new();
     shutdown::cancel_on_signal(token.clone());
@@ -117,12 +141,20 @@ pub async fn run(opts: UpOpts) -> anyhow::Result<()> {
     }
     let gateway = format!("{}:{}", opts.bind, opts.gateway_port);
     println!("AURA is up. Gateway: {gateway} (gRPC, plaintext). Redis: {}", settings.redis_url);
-    println!("  try: grpcurl -plaintext {gateway} list");
+    match &dev_key {
+        Some(key) => {
+            println!("  API key (tenant dev): export AURA_API_KEY={key}");
+            println!("  try: grpcurl -plaintext -H 'authorization: Bearer {key}' {gateway} list");
+        }
+        None => {
+            println!("  authentication is OFF (--insecure-no-auth); try: grpcurl -plaintext {gateway} list")
+        }
+    }
     println!(
-        "  or:  aura workflow apply -f examples/hello.yaml && aura run start hello --input '{{\"name\":\"ada\"}}' --wait"
+        "  then: aura workflow apply -f examples/hello.yaml && aura run start hello --input '{{\"name\":\"ada\"}}' --wait"
     );
     if opts.demo {
-        let outcome = crate::client::demo(&format!("http://{gateway}")).await;
+        let outcome = crate::client::demo(&format!("http://{gateway}"), dev_key.clone()).await;
         match &outcome {
             Ok(()) => println!("demo: OK"),
             Err(e) => eprintln!("demo failed: {e:#}"),

@@ -22,11 +22,13 @@ pub struct MeshOptions {
     pub schedulers: usize,
     /// Worker replicas.
     pub workers: usize,
+    /// Require API keys at the gateway (off: `--insecure-no-auth`).
+    pub auth: bool,
 }
 
 impl Default for MeshOptions {
     fn default() -> Self {
-        MeshOptions { partitions: 1, worker_concurrency: 16, schedulers: 1, workers: 1 }
+        MeshOptions { partitions: 1, worker_concurrency: 16, schedulers: 1, workers: 1, auth: false }
     }
 }
 
@@ -89,6 +91,7 @@ impl Mesh {
             scheduler_urls: scheduler_urls.clone(),
             events_urls: vec![url(events)],
             redis_url: redis_url.into(),
+            insecure_no_auth: !options.auth,
             ..Default::default()
         };
         let token = shutdown.clone();

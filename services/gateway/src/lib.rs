@@ -7,6 +7,7 @@
 //! - `upstream.rs`: channels to the internal services and deadline propagation.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 mod service;
 mod upstream;
 
@@ -31,6 +32,12 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Where this role's Prometheus series are registered (served by the caller).
     pub metrics: aura_common::metrics::SharedRegistry,
+    /// Accept calls without an API key (`--insecure-no-auth`). Off by default.
+    pub insecure_no_auth: bool,
+    /// A file of `tenant:key` lines accepted besides the keys in Redis.
+    pub api_keys_file: Option<std::path::PathBuf>,
+    /// Key prefix in Redis.
+    pub prefix: String,
 }
 
 impl Default for Config {
@@ -41,6 +48,9 @@ impl Default for Config {
             redis_url: "redis://127.0.0.1:6379".into(),
             max_message_bytes: 4 * 1024 * 1024,
             metrics: aura_common::metrics::registry(),
+            insecure_no_auth: false,
+            api_keys_file: None,
+            prefix: "aura".into(),
         }
     }
 }
@@ -48,6 +58,23 @@ impl Default for Config {
 /// Serves the Gateway on `listener` until `shutdown`.
 pub async fn serve(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let redis = aura_common::redis::connect(&config.redis_url).await?;
+    let authenticator = if config.insecure_no_auth {
+        tracing::warn!(
+            "authentication is OFF (--insecure-no-auth): anyone who reaches this gateway can use it"
+        );
+        None
+    } else {
+        let static_keys = match &config.api_keys_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read API keys file {}: {e}", path.display()))?;
+                aura_auth::parse_key_file(&text)
+                    .map_err(|e| anyhow::anyhow!("API keys file {}: {e}", path.display()))?
+            }
+            None => Default::default(),
+        };
+        Some(auth::Authenticator::new(aura_auth::KeyStore::new(redis.clone(), &config.prefix), static_keys))
+    };
     let service = GatewayService::new(
         upstream::channel(&config.scheduler_urls)?,
         upstream::channel(&config.events_urls)?,
@@ -64,6 +91,8 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     tonic::transport::Server::builder()
         // Outermost: counts and times every call, including refused ones.
         .layer(aura_common::metrics::GrpcMetricsLayer::new(&config.metrics))
+        // Who is calling: UNAUTHENTICATED before anything else is spent on the call.
+        .layer(auth::AuthLayer::new(authenticator))
         .add_service(health)
         .add_service(grpc::reflection_v1())
         .add_service(grpc::reflection_v1alpha())
