@@ -129,6 +129,9 @@ pub struct ServeOpts {
     /// Queue partitions; keep it fixed once runs exist [default: 1].
     #[arg(long, env = "AURA_PARTITIONS")]
     pub partitions: Option<usize>,
+    /// Scheduler: most steps of one concurrency key running at once [default: 0, no cap].
+    #[arg(long, env = "AURA_KEY_CONCURRENCY_CAP")]
+    pub key_concurrency_cap: Option<u32>,
     /// Worker: most tasks in flight [default: 64].
     #[arg(long, env = "AURA_WORKER_CONCURRENCY")]
     pub concurrency: Option<usize>,
@@ -162,6 +165,7 @@ struct FileConfig {
     scheduler_url: Option<String>,
     events_url: Option<String>,
     partitions: Option<usize>,
+    key_concurrency_cap: Option<u32>,
     concurrency: Option<usize>,
     kind_concurrency: Option<String>,
     queues: Option<String>,
@@ -180,6 +184,7 @@ pub struct Settings {
     pub scheduler_urls: Vec<String>,
     pub events_urls: Vec<String>,
     pub partitions: usize,
+    pub key_concurrency_cap: u32,
     pub concurrency: usize,
     pub kind_concurrency: std::collections::BTreeMap<String, usize>,
     pub queues: Vec<String>,
@@ -235,6 +240,7 @@ impl Settings {
                     .unwrap_or_else(|| "http://127.0.0.1:50054".into()),
             ),
             partitions,
+            key_concurrency_cap: opts.key_concurrency_cap.or(file.key_concurrency_cap).unwrap_or(0),
             concurrency,
             kind_concurrency: aura_worker::parse_kind_concurrency(
                 opts.kind_concurrency.as_deref().or(file.kind_concurrency.as_deref()).unwrap_or(""),

@@ -49,6 +49,7 @@ pub async fn run_role(
             let config = aura_scheduler::Config {
                 redis_url: s.redis_url.clone(),
                 partitions: s.partitions,
+                key_concurrency_cap: s.key_concurrency_cap,
                 metrics: registry,
                 ..Default::default()
             };

@@ -80,6 +80,7 @@ pub async fn run(opts: UpOpts) -> anyhow::Result<()> {
         scheduler_urls: vec![format!("http://{}", addr(opts.scheduler_port))],
         events_urls: vec![format!("http://{}", addr(opts.events_port))],
         partitions: opts.partitions,
+        key_concurrency_cap: 0,
         concurrency: opts.concurrency,
         kind_concurrency: Default::default(),
         queues: vec!["builtin".into()],

@@ -56,6 +56,8 @@ pub struct Queue {
     conn: RedisConn,
     keys: Keyspace,
     waker: Arc<Waker>,
+    /// Most claimed jobs per concurrency key and lane at once (0: no cap).
+    key_cap: u32,
 }
 
 impl Queue {
@@ -68,7 +70,14 @@ impl Queue {
         shutdown: CancellationToken,
     ) -> Result<Self> {
         let waker = Waker::start(redis_url, keys.wake_prefix(), shutdown)?;
-        Ok(Queue { conn, keys, waker })
+        Ok(Queue { conn, keys, waker, key_cap: 0 })
+    }
+
+    /// Caps the jobs of one concurrency key that may be claimed (active) at once, per lane
+    /// and partition; further ready jobs of that key wait while other keys are served.
+    pub fn with_key_concurrency_cap(mut self, cap: u32) -> Self {
+        self.key_cap = cap;
+        self
     }
 
     /// The stream key of topic `runs.<flow>` for a flow in `partition` (aura-bus reads it).
@@ -177,7 +186,7 @@ impl Queue {
                 break;
             }
             let mut inv = self.invocation(&scripts::CLAIM, p);
-            inv.arg(remaining);
+            inv.arg(remaining).arg(self.key_cap);
             for q in queues {
                 inv.arg(q);
             }

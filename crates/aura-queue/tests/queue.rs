@@ -588,3 +588,33 @@ async fn a_flow_past_its_timeout_fails_and_its_running_job_loses_its_lease() {
         redis::cmd("HGET").arg(format!("{}f:t", q.keys().partition(0))).arg("err").query(&mut conn).unwrap();
     assert!(err.starts_with("run timed out after"), "{err}");
 }
+
+#[tokio::test]
+async fn a_key_at_its_concurrency_cap_waits_while_other_keys_are_served() {
+    let redis = RedisServer::start();
+    let conn = connect(&redis.url()).await.unwrap();
+    let q = Queue::new(conn, &redis.url(), Keyspace::new("aura", 1), CancellationToken::new())
+        .unwrap()
+        .with_key_concurrency_cap(1);
+    for (flow, key) in [("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b")] {
+        let mut f = diamond(flow, 1);
+        f.jobs.truncate(1);
+        f.jobs[0].dependents.clear();
+        f.concurrency_key = key.into();
+        q.start_flow(0, f).await.unwrap();
+    }
+    let first: Vec<_> = q.claim(&lanes("q"), 10).await.unwrap().jobs;
+    let mut ids: Vec<_> = first.iter().map(|j| j.lease.id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["a1.p0", "b1.p0"], "one job per key at a time");
+    assert!(q.claim(&lanes("q"), 10).await.unwrap().jobs.is_empty(), "key a is at its cap");
+    // A blocked claimer is woken when key a's slot frees up.
+    let q2 = q.clone();
+    let waiter = tokio::spawn(async move {
+        q2.claim_blocking(&lanes("q"), 10, Duration::from_secs(20), &CancellationToken::new()).await.unwrap()
+    });
+    let a1 = first.iter().find(|j| j.lease.id == "a1.p0").unwrap();
+    q.complete(vec![Completion { lease: a1.lease.clone(), result: "1".into() }]).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken").unwrap();
+    assert_eq!(next.iter().map(|j| j.lease.id.as_str()).collect::<Vec<_>>(), vec!["a2.p0"]);
+}

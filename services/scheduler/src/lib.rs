@@ -31,6 +31,8 @@ pub struct Config {
     pub prefix: String,
     /// Largest accepted workflow spec, bytes.
     pub max_spec_bytes: usize,
+    /// Fair dispatch: most steps of one concurrency key running at once (0: no cap).
+    pub key_concurrency_cap: u32,
     /// Where this role's Prometheus series are registered (served by the caller).
     pub metrics: aura_common::metrics::SharedRegistry,
 }
@@ -42,6 +44,7 @@ impl Default for Config {
             partitions: 1,
             prefix: "aura".into(),
             max_spec_bytes: 1 << 20,
+            key_concurrency_cap: 0,
             metrics: aura_common::metrics::registry(),
         }
     }
@@ -54,7 +57,8 @@ pub async fn engine(
 ) -> anyhow::Result<(aura_engine::Engine, RedisConn)> {
     let conn = aura_common::redis::connect(&config.redis_url).await?;
     let keys = aura_queue::Keyspace::new(&config.prefix, config.partitions);
-    let queue = aura_queue::Queue::new(conn.clone(), &config.redis_url, keys, shutdown)?;
+    let queue = aura_queue::Queue::new(conn.clone(), &config.redis_url, keys, shutdown)?
+        .with_key_concurrency_cap(config.key_concurrency_cap);
     let bus = aura_bus::Bus::new(conn.clone(), &config.prefix, aura_bus::Retention::default());
     let engine_config = aura_engine::EngineConfig {
         max_spec_bytes: config.max_spec_bytes,

@@ -1,13 +1,14 @@
 -- Claims up to `max` ready jobs from the given lanes (in order), after promoting delayed
 -- jobs that are due. Each claimed job gets a fresh lease token and a deadline.
 -- KEYS[1]  P.."seq"
--- ARGV[1]  P      ARGV[2]  WAKE      ARGV[3]  max      ARGV[4..]  lanes
+-- ARGV[1]  P      ARGV[2]  WAKE      ARGV[3]  max      ARGV[4]  per-key cap (0: none)
+-- ARGV[5..]  lanes
 -- Returns  {jobs, next_at}: jobs is a list of
 --          {id, lane, attempt, token, deadline, payload, flow, flow_meta, flow_input,
 --           parents_and_results (flat list), flow_started (0/1)};
 --          next_at is the earliest delayed ready time (ms) over the lanes when nothing was
 --          claimed, else 0.
-local P, WAKE, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local P, WAKE, max, cap = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 
 -- Up to `want` ready ids of a lane, fairly: jobs without a key count as one more key; each
 -- key in turn gives its share (at least one job), rotating the ring so the next claim
@@ -28,15 +29,27 @@ local function pick_ready(P, lane, want)
   end
   local share = math.max(1, math.floor(want / (keys + 1)))
   take(wait, math.min(share, want))
-  while #out < want do
+  local kact = lane_key(P, lane, 'kact')
+  -- Each visit takes from one key; a full pass over the ring without taking anything means
+  -- every key is empty or at its cap.
+  local idle = 0
+  while #out < want and idle < keys do
     local key = redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')
     if not key then break end
+    local n = math.min(share, want - #out)
+    if cap > 0 then n = math.min(n, cap - (tonumber(redis.call('HGET', kact, key)) or 0)) end
+    local got = 0
     local kset = lane_key(P, lane, 'k:' .. key)
-    local got = take(kset, math.min(share, want - #out))
-    redis.call('HINCRBY', lane_key(P, lane, 'stats'), 'keyed', -got)
+    if n > 0 then
+      got = take(kset, n)
+      redis.call('HINCRBY', lane_key(P, lane, 'stats'), 'keyed', -got)
+      redis.call('HINCRBY', kact, key, got)
+    end
+    if got > 0 then idle = 0 else idle = idle + 1 end
     if redis.call('ZCARD', kset) == 0 then
       redis.call('LREM', ring, -1, key)
-      if redis.call('LLEN', ring) == 0 then break end
+      keys = redis.call('LLEN', ring)
+      if keys == 0 then break end
     end
   end
   if #out < want then take(wait, want - #out) end
@@ -46,7 +59,7 @@ local now = now_ms()
 local jobs = {}
 local next_at = 0
 local flows = {}
-for li = 4, #ARGV do
+for li = 5, #ARGV do
   local lane = ARGV[li]
   if #jobs >= max then break end
   if redis.call('EXISTS', lane_key(P, lane, 'paused')) == 0 then

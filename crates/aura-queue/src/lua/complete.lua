@@ -13,7 +13,7 @@ for i = 0, n - 1 do
   local o = 4 + i * 3
   local id, token = ARGV[o], ARGV[o + 1]
   local jk = P .. 'j:' .. id
-  local f = redis.call('HMGET', jk, 'l', 's', 'q', 'f')
+  local f = redis.call('HMGET', jk, 'l', 's', 'q', 'f', 'k')
   if f[2] == false or f[2] == nil then
     out[#out + 1] = {0, 'unknown task'}
   elseif f[2] ~= 'a' or f[1] ~= token then
@@ -22,6 +22,7 @@ for i = 0, n - 1 do
     local lane, flow = f[3], f[4]
     redis.call('ZREM', P .. 'active', id)
     redis.call('HSET', jk, 's', 'c', 'r', ARGV[o + 2], 'l', '', 'ft', now)
+    key_done(P, WAKE, lane, f[5])
     done_by_lane[lane] = (done_by_lane[lane] or 0) + 1
     if flow and flow ~= '' then
       local ready = {}

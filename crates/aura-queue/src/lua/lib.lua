@@ -9,6 +9,7 @@
 --                               band + sequence
 --   P.."q:"..lane..":k:"..key   ready jobs of one concurrency key (same score)
 --   P.."q:"..lane..":ring"      keys with ready jobs, rotated by claims (round-robin)
+--   P.."q:"..lane..":kact"      active (claimed) jobs per key, for the per-key cap
 --   P.."q:"..lane..":delayed"   delayed jobs and retry backoffs, score = ready-at ms
 --   P.."q:"..lane..":dead"      dead letters, score = died-at ms
 --   P.."q:"..lane..":stats"     counters: active, completed, failed, dead, keyed (ready
@@ -119,6 +120,16 @@ local function push_ready(P, WAKE, id, lane, prio, key)
   redis.call('HINCRBY', lane_key(P, lane, 'stats'), 'keyed', 1)
 end
 
+-- A keyed job left the active state: frees its key's slot (per-key concurrency cap) and,
+-- if the key has ready jobs a capped claim may have skipped, wakes claimers.
+local function key_done(P, WAKE, lane, key)
+  if key == nil or key == false or key == '' then return end
+  redis.call('HINCRBY', lane_key(P, lane, 'kact'), key, -1)
+  if redis.call('ZCARD', lane_key(P, lane, 'k:' .. key)) > 0 then
+    redis.call('PUBLISH', WAKE .. lane, '1')
+  end
+end
+
 -- A delayed job that becomes the lane's earliest wakes claimers so they re-arm their timer.
 local function push_delayed(P, WAKE, id, lane, at)
   local dkey = lane_key(P, lane, 'delayed')
@@ -164,6 +175,7 @@ local function retire(P, id, state, now)
   elseif s == 'a' then
     redis.call('ZREM', P .. 'active', id)
     stat(P, lane, 'active', -1)
+    if key and key ~= '' then redis.call('HINCRBY', lane_key(P, lane, 'kact'), key, -1) end
   elseif s ~= 'b' then
     return false
   end
@@ -284,6 +296,7 @@ local function fail_job(P, WAKE, id, err, retryable, retry_after, rand, now)
   redis.call('ZREM', P .. 'active', id)
   stat(P, lane, 'active', -1)
   stat(P, lane, 'failed', 1)
+  key_done(P, WAKE, lane, f[8])
   if retryable and attempts < max then
     local delay = backoff_ms(f[5], attempts, rand)
     if retry_after > delay then delay = retry_after end

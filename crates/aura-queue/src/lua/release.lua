@@ -12,6 +12,7 @@ for i = 3, #ARGV, 2 do
   if f[2] == 'a' and f[1] == token then
     redis.call('ZREM', P .. 'active', id)
     stat(P, f[3], 'active', -1)
+    key_done(P, WAKE, f[3], f[6])
     local attempts = (tonumber(f[5]) or 1) - 1
     if attempts < 0 then attempts = 0 end
     redis.call('HSET', jk, 's', 'w', 'l', '', 'a', attempts)
