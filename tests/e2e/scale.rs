@@ -76,20 +76,20 @@ async fn ten_thousand_runs_on_two_schedulers_and_three_workers_none_lost_none_tw
     }
     let rows: Vec<(u32, String)> = pipe.query(&mut conn).unwrap();
     assert!(rows.iter().all(|(a, s)| *a == 1 && s == "c"), "a step ran twice or did not finish");
-    let metrics = gw
-        .get_metrics(pb::GetMetricsRequest {
-            workflow_name: "bulk".into(),
-            window: pb::MetricsWindow::LastHour as i32,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .runs
-        .unwrap();
-    assert_eq!(
-        (metrics.runs_started, metrics.runs_succeeded, metrics.runs_failed),
-        (RUNS as u64, RUNS as u64, 0)
-    );
+    // Run metrics are recorded right after each report's transitions commit, so they trail
+    // the queue's counters by a moment.
+    wait_until("run metrics to count every run", Duration::from_secs(30), || {
+        let mut gw = gw.clone();
+        async move {
+            let req = pb::GetMetricsRequest {
+                workflow_name: "bulk".into(),
+                window: pb::MetricsWindow::LastHour as i32,
+            };
+            let m = gw.get_metrics(req).await.unwrap().into_inner().runs.unwrap();
+            (m.runs_started, m.runs_succeeded, m.runs_failed) == (RUNS as u64, RUNS as u64, 0)
+        }
+    })
+    .await;
     mesh.stop().await;
 }
 
