@@ -99,6 +99,27 @@ pub fn reflection_v1alpha() -> V1AlphaServer<impl V1Alpha> {
     reflection_builder().build_v1alpha().expect("AURA's embedded descriptor sets are valid")
 }
 
+/// A channel balanced over `urls` (`http://host:port`), connecting lazily: a service starts
+/// even while its upstream is down, and calls then fail UNAVAILABLE until it is back.
+pub fn balanced_channel(urls: &[String]) -> Result<tonic::transport::Channel, String> {
+    let endpoints = urls
+        .iter()
+        .map(|u| {
+            tonic::transport::Endpoint::from_shared(u.clone())
+                .map(|e| {
+                    e.connect_timeout(Duration::from_secs(2))
+                        .tcp_nodelay(true)
+                        .http2_keep_alive_interval(Duration::from_secs(30))
+                })
+                .map_err(|e| format!("invalid endpoint {u:?}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if endpoints.is_empty() {
+        return Err("no endpoint configured".into());
+    }
+    Ok(tonic::transport::Channel::balance_list(endpoints.into_iter()))
+}
+
 /// The caller's deadline from a `grpc-timeout` header (`<digits><unit>`), if any.
 pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;

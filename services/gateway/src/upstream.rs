@@ -2,28 +2,14 @@
 
 use std::time::Duration;
 
-use tonic::{
-    Request,
-    transport::{Channel, Endpoint},
-};
+use tonic::{Request, transport::Channel};
 
 /// Default deadline of a forwarded call when the caller set none.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 
-/// A channel balanced over `urls`, connecting lazily (the gateway starts even while an
-/// upstream is down; calls then fail UNAVAILABLE).
+/// A channel balanced over `urls`.
 pub fn channel(urls: &[String]) -> anyhow::Result<Channel> {
-    let endpoints = urls
-        .iter()
-        .map(|u| {
-            Ok(Endpoint::from_shared(u.clone())?
-                .connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(30)))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    anyhow::ensure!(!endpoints.is_empty(), "no upstream endpoint configured");
-    Ok(Channel::balance_list(endpoints.into_iter()))
+    aura_common::grpc::balanced_channel(urls).map_err(|e| anyhow::anyhow!("upstream: {e}"))
 }
 
 /// A fresh upstream request with the caller's message and deadline (or `default`). Only the

@@ -25,7 +25,7 @@ use aura_proto::{json, v1 as pb};
 use aura_steps::{Executor, StepError, StepInput};
 use pb::scheduler_client::SchedulerClient;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::Instrument;
 
 use crate::Config;
@@ -36,17 +36,7 @@ const POLL_WAIT: Duration = Duration::from_secs(5);
 
 /// A balanced channel over the Scheduler endpoints.
 pub fn channel(urls: &[String]) -> anyhow::Result<Channel> {
-    let endpoints = urls
-        .iter()
-        .map(|u| {
-            Ok(Endpoint::from_shared(u.clone())?
-                .connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(30)))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    anyhow::ensure!(!endpoints.is_empty(), "no scheduler endpoint configured");
-    Ok(Channel::balance_list(endpoints.into_iter()))
+    aura_common::grpc::balanced_channel(urls).map_err(|e| anyhow::anyhow!("scheduler: {e}"))
 }
 
 struct InFlight {

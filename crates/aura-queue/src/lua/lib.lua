@@ -153,6 +153,18 @@ local function backoff_ms(spec, attempt, rand)
   return math.floor(delay)
 end
 
+-- A blocked job can run: it becomes ready, or delayed when it must wait `wait` ms first.
+local function unblock(P, WAKE, id, lane, prio, key, wait, now)
+  local jk = P .. 'j:' .. id
+  if wait > 0 then
+    redis.call('HSET', jk, 's', 'd')
+    push_delayed(P, WAKE, id, lane, now + wait)
+  else
+    redis.call('HSET', jk, 's', 'w')
+    push_ready(P, WAKE, id, lane, prio, key)
+  end
+end
+
 local function stat(P, lane, field, by)
   redis.call('HINCRBY', lane_key(P, lane, 'stats'), field, by)
 end
@@ -203,14 +215,7 @@ local function release_gate(P, WAKE, flow, now)
         local jk = P .. 'j:' .. id
         local j = redis.call('HMGET', jk, 's', 'pc', 'q', 'p', 'dl', 'k')
         if j[1] == 'b' and (tonumber(j[2]) or 0) == 0 then
-          local wait = math.max(delay, tonumber(j[5]) or 0)
-          if wait > 0 then
-            redis.call('HSET', jk, 's', 'd')
-            push_delayed(P, WAKE, id, j[3], now + wait)
-          else
-            redis.call('HSET', jk, 's', 'w')
-            push_ready(P, WAKE, id, j[3], tonumber(j[4]) or 0, j[6])
-          end
+          unblock(P, WAKE, id, j[3], tonumber(j[4]) or 0, j[6], math.max(delay, tonumber(j[5]) or 0), now)
         end
       end
       emit(P, WAKE, next_flow, 'run.admitted', {}, now)
@@ -254,14 +259,7 @@ local function release_dependents(P, WAKE, flow, id, now, skip, ready, skipped)
     elseif redis.call('HINCRBY', dk, 'pc', -1) == 0 then
       local d = redis.call('HMGET', dk, 's', 'q', 'p', 'dl', 'k')
       if d[1] == 'b' then
-        local dl = tonumber(d[4]) or 0
-        if dl > 0 then
-          redis.call('HSET', dk, 's', 'd')
-          push_delayed(P, WAKE, dep, d[2], now + dl)
-        else
-          redis.call('HSET', dk, 's', 'w')
-          push_ready(P, WAKE, dep, d[2], tonumber(d[3]) or 0, d[5])
-        end
+        unblock(P, WAKE, dep, d[2], tonumber(d[3]) or 0, d[5], tonumber(d[4]) or 0, now)
         ready[#ready + 1] = dep
         emit(P, WAKE, flow, 'step.queued', {step_id = step_of(dep)}, now)
       end
