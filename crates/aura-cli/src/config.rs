@@ -147,6 +147,17 @@ pub struct ServeOpts {
     /// Gateway: accept calls without an API key (logs a warning at start).
     #[arg(long, env = "AURA_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+    /// Gateway: default rate limit per tenant, calls per second; 0 turns limiting off
+    /// [default: 1000].
+    #[arg(long, env = "AURA_RATE_LIMIT_RPS")]
+    pub rate_limit_rps: Option<u32>,
+    /// Gateway: burst (bucket capacity) of the default limit [default: 2000].
+    #[arg(long, env = "AURA_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+    /// Gateway: refuse calls (UNAVAILABLE) while Redis is unreachable, instead of applying the
+    /// limit per process.
+    #[arg(long, env = "AURA_RATE_LIMIT_FAIL_CLOSED")]
+    pub rate_limit_fail_closed: bool,
     /// Gateway: a file of `tenant:key` lines accepted besides the keys in Redis.
     #[arg(long, env = "AURA_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
@@ -173,6 +184,9 @@ struct FileConfig {
     llm_api_key: Option<String>,
     insecure_no_auth: Option<bool>,
     api_keys_file: Option<PathBuf>,
+    rate_limit_rps: Option<u32>,
+    rate_limit_burst: Option<u32>,
+    rate_limit_fail_closed: Option<bool>,
 }
 
 /// Resolved settings of a role.
@@ -192,6 +206,8 @@ pub struct Settings {
     pub llm_api_key: Option<String>,
     pub insecure_no_auth: bool,
     pub api_keys_file: Option<PathBuf>,
+    pub rate_limit: Option<aura_ratelimit::Limit>,
+    pub rate_limit_fail_closed: bool,
 }
 
 fn list(s: &str) -> Vec<String> {
@@ -253,6 +269,17 @@ impl Settings {
             llm_api_key: opts.llm_api_key.clone().or(file.llm_api_key),
             insecure_no_auth: opts.insecure_no_auth || file.insecure_no_auth.unwrap_or(false),
             api_keys_file: opts.api_keys_file.clone().or(file.api_keys_file),
+            rate_limit: {
+                let rps = opts.rate_limit_rps.or(file.rate_limit_rps).unwrap_or(1000);
+                let burst = opts.rate_limit_burst.or(file.rate_limit_burst).unwrap_or(2000);
+                anyhow::ensure!(
+                    rps == 0 || burst > 0,
+                    "AURA_RATE_LIMIT_BURST / --rate-limit-burst must be at least 1"
+                );
+                (rps > 0).then_some(aura_ratelimit::Limit { rps, burst })
+            },
+            rate_limit_fail_closed: opts.rate_limit_fail_closed
+                || file.rate_limit_fail_closed.unwrap_or(false),
         })
     }
 }

@@ -41,6 +41,12 @@ pub async fn run_role(
                 metrics: registry,
                 insecure_no_auth: s.insecure_no_auth,
                 api_keys_file: s.api_keys_file.clone(),
+                rate_limit: s.rate_limit,
+                rate_limit_fail: if s.rate_limit_fail_closed {
+                    aura_ratelimit::FailMode::Closed
+                } else {
+                    aura_ratelimit::FailMode::OpenToLocal
+                },
                 ..Default::default()
             };
             aura_gateway::serve(config, listener, token).await

@@ -88,6 +88,8 @@ pub async fn run(opts: UpOpts) -> anyhow::Result<()> {
         llm_api_key: std::env::var("AURA_LLM_API_KEY").ok(),
         insecure_no_auth: opts.insecure_no_auth,
         api_keys_file: None,
+        rate_limit: Some(aura_ratelimit::Limit { rps: 1000, burst: 2000 }),
+        rate_limit_fail_closed: false,
     };
     // A development key for tenant `dev`, so the laptop setup is authenticated like production.
     let dev_key = if opts.insecure_no_auth {

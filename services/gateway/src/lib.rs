@@ -38,6 +38,10 @@ pub struct Config {
     pub api_keys_file: Option<std::path::PathBuf>,
     /// Key prefix in Redis.
     pub prefix: String,
+    /// Default per-tenant rate limit (`None`: no limit).
+    pub rate_limit: Option<aura_ratelimit::Limit>,
+    /// What the limiter does while Redis is unreachable.
+    pub rate_limit_fail: aura_ratelimit::FailMode,
 }
 
 impl Default for Config {
@@ -51,6 +55,8 @@ impl Default for Config {
             insecure_no_auth: false,
             api_keys_file: None,
             prefix: "aura".into(),
+            rate_limit: Some(aura_ratelimit::Limit { rps: 1000, burst: 2000 }),
+            rate_limit_fail: aura_ratelimit::FailMode::OpenToLocal,
         }
     }
 }
@@ -80,6 +86,13 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         upstream::channel(&config.events_urls)?,
         shutdown.clone(),
     );
+    let key = rate_limit_key();
+    let first_tier = config.rate_limit.map(|limit| aura_ratelimit::first_tier(limit, key.clone()));
+    let global = config.rate_limit.map(|limit| {
+        let limiter =
+            aura_ratelimit::RateLimiter::new(redis.clone(), &config.prefix, limit, config.rate_limit_fail);
+        aura_ratelimit::RateLimitLayer::new(std::sync::Arc::new(limiter), key.clone(), "/aura.v1.Gateway/")
+    });
     let (reporter, health) = grpc::health::<GatewayServer<GatewayService>>().await;
     let health_task = grpc::follow_redis::<GatewayServer<GatewayService>>(
         reporter,
@@ -93,6 +106,12 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         .layer(aura_common::metrics::GrpcMetricsLayer::new(&config.metrics))
         // Who is calling: UNAUTHENTICATED before anything else is spent on the call.
         .layer(auth::AuthLayer::new(authenticator))
+        // In-process first tier (tower-governor, twice the quota per tenant): sheds floods
+        // that could never pass the global limit before they cost a Redis round trip.
+        .layer(tower::util::option_layer(first_tier))
+        // The global limit: one Redis token bucket per tenant and method group, shared by
+        // every gateway replica.
+        .layer(tower::util::option_layer(global))
         .add_service(health)
         .add_service(grpc::reflection_v1())
         .add_service(grpc::reflection_v1alpha())
@@ -106,4 +125,19 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     let _ = health_task.await;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Calls count against their tenant (anonymous when auth is off) and method group: the
+/// task API of external workers has its own bucket, so busy workers cannot starve the
+/// control plane.
+fn rate_limit_key() -> aura_ratelimit::KeyFn {
+    std::sync::Arc::new(|extensions, path| {
+        let tenant =
+            extensions.get::<auth::Tenant>().map_or_else(|| "anonymous".to_string(), |t| t.0.clone());
+        let group = match path.rsplit('/').next() {
+            Some("PollTasks" | "ReportTaskResults" | "HeartbeatTasks") => "tasks",
+            _ => "default",
+        };
+        (tenant, group)
+    })
 }

@@ -1,0 +1,78 @@
+//! The limiter's decisions against a real redis-server, including while it is down.
+
+use std::time::Duration;
+
+use aura_ratelimit::{Decision, FailMode, Limit, RateLimiter};
+use aura_testkit::{RedisServer, wait_until};
+
+async fn limiter(redis: &RedisServer, limit: Limit, fail: FailMode) -> RateLimiter {
+    RateLimiter::new(aura_common::redis::connect(&redis.url()).await.unwrap(), "aura", limit, fail)
+}
+
+#[tokio::test]
+async fn a_burst_passes_the_next_waits_about_one_interval() {
+    let redis = RedisServer::start();
+    let l = limiter(&redis, Limit { rps: 4, burst: 5 }, FailMode::Closed).await;
+    for i in 0..5 {
+        assert!(
+            matches!(l.check("acme", "default", 1).await, Decision::Allow { .. }),
+            "call {i} of the burst"
+        );
+    }
+    match l.check("acme", "default", 1).await {
+        Decision::Deny { limit, retry_after } => {
+            assert_eq!(limit, 5);
+            assert!(
+                retry_after <= Duration::from_millis(250) && retry_after > Duration::ZERO,
+                "{retry_after:?}"
+            );
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+    // Another tenant and another group have their own buckets.
+    assert!(matches!(l.check("globex", "default", 1).await, Decision::Allow { .. }));
+    assert!(matches!(l.check("acme", "tasks", 1).await, Decision::Allow { .. }));
+    // After 1/R one more passes.
+    wait_until("a token refills", Duration::from_secs(3), || async {
+        matches!(l.check("acme", "default", 1).await, Decision::Allow { .. })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn per_tenant_overrides_in_redis_apply_without_restart() {
+    let redis = RedisServer::start();
+    let l = limiter(&redis, Limit { rps: 1000, burst: 1000 }, FailMode::Closed).await;
+    let mut conn = redis.client();
+    let () = redis::cmd("HSET").arg(l.overrides_key()).arg("small").arg("1,2").query(&mut conn).unwrap();
+    let mut allowed = 0;
+    for _ in 0..5 {
+        if matches!(l.check("small", "default", 1).await, Decision::Allow { .. }) {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 2);
+}
+
+#[tokio::test]
+async fn redis_outage_falls_back_as_configured_and_recovers() {
+    let mut redis = RedisServer::start();
+    let open = limiter(&redis, Limit { rps: 1, burst: 3 }, FailMode::OpenToLocal).await;
+    let closed = limiter(&redis, Limit { rps: 1, burst: 3 }, FailMode::Closed).await;
+    assert!(matches!(open.check("t", "g", 1).await, Decision::Allow { .. }));
+    redis.kill();
+    // Fail open: the local limiter applies the same quota.
+    let mut local = Vec::new();
+    for _ in 0..5 {
+        local.push(matches!(open.check("t", "g", 1).await, Decision::Allow { .. }));
+    }
+    // The burst of 3 (one more if a token refilled while the first call found Redis gone).
+    let allowed = local.iter().filter(|a| **a).count();
+    assert!((3..=4).contains(&allowed), "{local:?}");
+    assert_eq!(closed.check("t", "g", 1).await, Decision::Unavailable);
+    redis.restart();
+    wait_until("redis decisions again", Duration::from_secs(20), || async {
+        matches!(closed.check("t2", "g", 1).await, Decision::Allow { .. })
+    })
+    .await;
+}

@@ -1,0 +1,123 @@
+//! Global rate limits: replicas share one bucket per tenant in Redis; denials say when to
+//! retry; allowed calls carry the remaining budget.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use aura_proto::v1 as pb;
+use aura_testkit::{
+    RedisServer,
+    mesh::{Mesh, MeshOptions},
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+async fn gateway(
+    mesh: &Mesh,
+    redis: &RedisServer,
+    limit: aura_ratelimit::Limit,
+    stop: &CancellationToken,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = aura_gateway::Config {
+        scheduler_urls: vec![format!("http://{}", mesh.scheduler)],
+        events_urls: vec![format!("http://{}", mesh.events)],
+        redis_url: redis.url(),
+        insecure_no_auth: true,
+        rate_limit: Some(limit),
+        ..Default::default()
+    };
+    let stop = stop.clone();
+    tokio::spawn(async move { aura_gateway::serve(config, listener, stop).await.unwrap() });
+    addr
+}
+
+async fn client(addr: SocketAddr) -> pb::gateway_client::GatewayClient<tonic::transport::Channel> {
+    pb::gateway_client::GatewayClient::new(Mesh::channel(addr).await)
+}
+
+#[tokio::test]
+async fn a_burst_passes_then_calls_are_refused_with_retry_information() {
+    let redis = RedisServer::start();
+    let mesh = Mesh::start(&redis.url(), MeshOptions { worker_concurrency: 0, ..Default::default() }).await;
+    let stop = CancellationToken::new();
+    let addr = gateway(&mesh, &redis, aura_ratelimit::Limit { rps: 2, burst: 5 }, &stop).await;
+    let mut gw = client(addr).await;
+    for i in 0..5 {
+        let resp = gw
+            .list_workflows(pb::ListWorkflowsRequest::default())
+            .await
+            .unwrap_or_else(|e| panic!("call {i}: {e:?}"));
+        assert_eq!(resp.metadata().get("x-ratelimit-limit").unwrap(), "5");
+        assert_eq!(
+            resp.metadata().get("x-ratelimit-remaining").unwrap().to_str().unwrap(),
+            (4 - i).to_string()
+        );
+    }
+    let err = gw.list_workflows(pb::ListWorkflowsRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(err.metadata().get("retry-after").unwrap(), "1", "1/R = 0.5 s, rounded up");
+    let retry = err.get_details_retry_info().expect("google.rpc.RetryInfo");
+    let delay = retry.retry_delay.expect("a retry delay");
+    assert!(delay > Duration::ZERO && delay <= Duration::from_millis(500), "{delay:?}");
+    // Health stays reachable whatever the limit.
+    assert_eq!(Mesh::health(addr, "").await, Some(1));
+    stop.cancel();
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_gateways_on_one_redis_admit_the_limit_once_not_twice() {
+    const RPS: u32 = 100;
+    const BURST: u32 = 20;
+    let redis = RedisServer::start();
+    let mesh = Mesh::start(&redis.url(), MeshOptions { worker_concurrency: 0, ..Default::default() }).await;
+    let stop = CancellationToken::new();
+    let limit = aura_ratelimit::Limit { rps: RPS, burst: BURST };
+    let a = gateway(&mesh, &redis, limit, &stop).await;
+    let b = gateway(&mesh, &redis, limit, &stop).await;
+    // Warm the connections so the window measures only calls.
+    for addr in [a, b] {
+        client(addr).await;
+    }
+    let start = Instant::now();
+    let window = Duration::from_secs(5);
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let addr = if i % 2 == 0 { a } else { b };
+        tasks.push(tokio::spawn(async move {
+            let mut gw = client(addr).await;
+            let (mut ok, mut denied) = (0u64, 0u64);
+            while start.elapsed() < window {
+                match gw.list_workflows(pb::ListWorkflowsRequest::default()).await {
+                    Ok(_) => ok += 1,
+                    Err(e) if e.code() == Code::ResourceExhausted => denied += 1,
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+            (ok, denied)
+        }));
+    }
+    let (mut ok, mut denied) = (0, 0);
+    for t in tasks {
+        let (o, d) = t.await.unwrap();
+        ok += o;
+        denied += d;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let expected = f64::from(BURST) + f64::from(RPS) * elapsed;
+    assert!(denied > ok, "the load exceeded the limit (admitted {ok}, denied {denied})");
+    let error = (ok as f64 - expected).abs() / expected;
+    assert!(
+        error <= 0.05,
+        "admitted {ok} in {elapsed:.2} s; one shared limit allows {expected:.0} (off by {:.1}%)",
+        error * 100.0
+    );
+    stop.cancel();
+    mesh.stop().await;
+}
