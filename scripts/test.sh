@@ -13,6 +13,10 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; th
   as_root apt-get install -y -qq redis-server redis-tools >/dev/null
 fi
 # The distribution's service is not needed: tests run their own instances.
+if ! command -v openssl >/dev/null; then
+  echo "== installing openssl (the TLS test makes its certificates with it)"
+  as_root apt-get install -y -qq openssl >/dev/null
+fi
 
 if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv for the Python interop client"

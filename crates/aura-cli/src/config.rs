@@ -158,6 +158,12 @@ pub struct ServeOpts {
     /// limit per process.
     #[arg(long, env = "AURA_RATE_LIMIT_FAIL_CLOSED")]
     pub rate_limit_fail_closed: bool,
+    /// Gateway: serve TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "AURA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Gateway: the PEM private key of --tls-cert.
+    #[arg(long, env = "AURA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Gateway: a file of `tenant:key` lines accepted besides the keys in Redis.
     #[arg(long, env = "AURA_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
@@ -187,6 +193,8 @@ struct FileConfig {
     rate_limit_rps: Option<u32>,
     rate_limit_burst: Option<u32>,
     rate_limit_fail_closed: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// Resolved settings of a role.
@@ -208,6 +216,7 @@ pub struct Settings {
     pub api_keys_file: Option<PathBuf>,
     pub rate_limit: Option<aura_ratelimit::Limit>,
     pub rate_limit_fail_closed: bool,
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 fn list(s: &str) -> Vec<String> {
@@ -280,6 +289,11 @@ impl Settings {
             },
             rate_limit_fail_closed: opts.rate_limit_fail_closed
                 || file.rate_limit_fail_closed.unwrap_or(false),
+            tls: match (opts.tls_cert.clone().or(file.tls_cert), opts.tls_key.clone().or(file.tls_key)) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => anyhow::bail!("AURA_TLS_CERT and AURA_TLS_KEY must be set together"),
+            },
         })
     }
 }

@@ -42,6 +42,7 @@ pub async fn run_role(
                 insecure_no_auth: s.insecure_no_auth,
                 api_keys_file: s.api_keys_file.clone(),
                 rate_limit: s.rate_limit,
+                tls: s.tls.clone(),
                 rate_limit_fail: if s.rate_limit_fail_closed {
                     aura_ratelimit::FailMode::Closed
                 } else {

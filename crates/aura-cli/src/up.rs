@@ -90,6 +90,7 @@ pub async fn run(opts: UpOpts) -> anyhow::Result<()> {
         api_keys_file: None,
         rate_limit: Some(aura_ratelimit::Limit { rps: 1000, burst: 2000 }),
         rate_limit_fail_closed: false,
+        tls: None,
     };
     // A development key for tenant `dev`, so the laptop setup is authenticated like production.
     let dev_key = if opts.insecure_no_auth {

@@ -42,6 +42,8 @@ pub struct Config {
     pub rate_limit: Option<aura_ratelimit::Limit>,
     /// What the limiter does while Redis is unreachable.
     pub rate_limit_fail: aura_ratelimit::FailMode,
+    /// Serve TLS with this PEM certificate chain and private key (files).
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             prefix: "aura".into(),
             rate_limit: Some(aura_ratelimit::Limit { rps: 1000, burst: 2000 }),
             rate_limit_fail: aura_ratelimit::FailMode::OpenToLocal,
+            tls: None,
         }
     }
 }
@@ -100,8 +103,18 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         Duration::from_secs(1),
         shutdown.clone(),
     );
-    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some((cert, key)) = &config.tls {
+        let read = |path: &std::path::PathBuf, what: &str| {
+            std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read TLS {what} {}: {e}", path.display()))
+        };
+        let identity = tonic::transport::Identity::from_pem(read(cert, "certificate")?, read(key, "key")?);
+        server = server
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| anyhow::anyhow!("invalid TLS certificate or key: {e}"))?;
+    }
+    tracing::info!(addr = %listener.local_addr()?, tls = config.tls.is_some(), "gateway listening");
+    server
         // Outermost: counts and times every call, including refused ones.
         .layer(aura_common::metrics::GrpcMetricsLayer::new(&config.metrics))
         // Who is calling: UNAUTHENTICATED before anything else is spent on the call.
