@@ -56,9 +56,12 @@ local function pick_ready(P, lane, want)
   return out
 end
 local now = now_ms()
+local now_s = int(now)
 local jobs = {}
 local next_at = 0
 local flows = {}
+-- Lease deadlines of everything claimed, added to the active set in one ZADD at the end.
+local active = {}
 for li = 5, #ARGV do
   local lane = ARGV[li]
   if #jobs >= max then break end
@@ -74,15 +77,18 @@ for li = 5, #ARGV do
     if #due > 0 then redis.call('ZREM', dkey, unpack(due)) end
     local ids = pick_ready(P, lane, max - #jobs)
     local claimed = 0
+    -- One lease counter bump for the batch; each job gets its own token from the range.
+    local token_base = #ids > 0 and (redis.call('INCRBY', P .. 'lease', #ids) - #ids) or 0
     for _, id in ipairs(ids) do
       local jk = P .. 'j:' .. id
       local f = redis.call('HMGET', jk, 'a', 't', 'd', 'f', 'pa')
       local attempt = (tonumber(f[1]) or 0) + 1
       local deadline = now + (tonumber(f[2]) or 30000)
-      local token = tostring(redis.call('INCR', P .. 'lease'))
-      redis.call('HSET', jk, 'a', attempt, 's', 'a', 'l', token, 'st', now)
-      redis.call('ZADD', P .. 'active', deadline, id)
       claimed = claimed + 1
+      local token = int(token_base + claimed)
+      redis.call('HSET', jk, 'a', int(attempt), 's', 'a', 'l', token, 'st', now_s)
+      active[#active + 1] = int(deadline)
+      active[#active + 1] = id
       local flow = f[4]
       local meta, input, parents, started = '', '', {}, 0
       if flow and flow ~= '' then
@@ -119,5 +125,6 @@ for li = 5, #ARGV do
     end
   end
 end
+if #active > 0 then zadd_many(P .. 'active', active) end
 if #jobs > 0 then next_at = 0 end
 return {jobs, next_at}

@@ -7,8 +7,11 @@
 --          {0, reason} when refused.
 local P, WAKE, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
+local now_s = int(now)
 local out = {}
 local done_by_lane = {}
+-- Set changes of the whole batch, applied once at the end.
+local left_active, done = {}, {}
 for i = 0, n - 1 do
   local o = 4 + i * 3
   local id, token = ARGV[o], ARGV[o + 1]
@@ -20,8 +23,8 @@ for i = 0, n - 1 do
     if f[2] == 'x' then out[#out + 1] = {0, 'cancelled'} else out[#out + 1] = {0, 'stale lease'} end
   else
     local lane, flow = f[3], f[4]
-    redis.call('ZREM', P .. 'active', id)
-    redis.call('HSET', jk, 's', 'c', 'r', ARGV[o + 2], 'l', '', 'ft', now)
+    left_active[#left_active + 1] = id
+    redis.call('HSET', jk, 's', 'c', 'r', ARGV[o + 2], 'l', '', 'ft', now_s)
     key_done(P, WAKE, lane, f[5])
     done_by_lane[lane] = (done_by_lane[lane] or 0) + 1
     if flow and flow ~= '' then
@@ -30,11 +33,14 @@ for i = 0, n - 1 do
       release_dependents(P, WAKE, flow, id, now, false, ready, nil)
       out[#out + 1] = {1, ready, settle_flow(P, WAKE, flow, now, 1)}
     else
-      redis.call('ZADD', P .. 'done', now, id)
+      done[#done + 1] = now_s
+      done[#done + 1] = id
       out[#out + 1] = {1, {}, ''}
     end
   end
 end
+if #left_active > 0 then zrem_many(P .. 'active', left_active) end
+if #done > 0 then zadd_many(P .. 'done', done) end
 -- Counters once per lane, not once per job.
 for lane, count in pairs(done_by_lane) do
   stat(P, lane, 'active', -count)

@@ -46,6 +46,30 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Numbers handed to redis.call are formatted by Redis with "%.17g" and parsed back, which
+-- showed up as ~11% of Redis's CPU in profiles; hot paths pass integer strings instead.
+local function int(n)
+  return string.format('%d', n)
+end
+
+-- The wait-set score: priority band first, then FIFO sequence.
+local function wait_score(prio, seq)
+  return string.format('%.0f', (PRIO_MAX - prio) * SEQ_SPAN + (seq % SEQ_SPAN))
+end
+
+-- ZADD/ZREM with many members in one call (chunked below Lua's unpack limit).
+local function zadd_many(key, pairs_list)
+  for i = 1, #pairs_list, 2000 do
+    redis.call('ZADD', key, unpack(pairs_list, i, math.min(i + 1999, #pairs_list)))
+  end
+end
+
+local function zrem_many(key, ids)
+  for i = 1, #ids, 4000 do
+    redis.call('ZREM', key, unpack(ids, i, math.min(i + 3999, #ids)))
+  end
+end
+
 local function split(s)
   local out = {}
   if s == nil or s == false or s == '' then return out end
@@ -104,8 +128,7 @@ end
 -- key's own set `k:<key>`; keys with ready jobs sit in the lane's `ring`, which claims
 -- rotate through, so one key's backlog cannot starve another key's jobs.
 local function push_ready(P, WAKE, id, lane, prio, key)
-  local seq = redis.call('INCR', P .. 'seq')
-  local score = (PRIO_MAX - prio) * SEQ_SPAN + (seq % SEQ_SPAN)
+  local score = wait_score(prio, redis.call('INCR', P .. 'seq'))
   if key == nil or key == false or key == '' then
     if lane_is_empty(P, lane) then redis.call('PUBLISH', WAKE .. lane, '1') end
     redis.call('ZADD', lane_key(P, lane, 'wait'), score, id)
