@@ -9,6 +9,7 @@
 
 pub mod auth;
 mod service;
+pub mod tenancy;
 mod upstream;
 
 use std::time::Duration;

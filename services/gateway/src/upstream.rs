@@ -12,11 +12,14 @@ pub fn channel(urls: &[String]) -> anyhow::Result<Channel> {
     aura_common::grpc::balanced_channel(urls).map_err(|e| anyhow::anyhow!("upstream: {e}"))
 }
 
-/// A fresh upstream request with the caller's message and deadline (or `default`). Only the
-/// deadline crosses over: the caller's other headers (credentials, hop-by-hop) stay here.
-pub fn forward<T>(req: Request<T>, default: Duration) -> Request<T> {
-    let deadline = aura_common::grpc::grpc_timeout(req.metadata()).unwrap_or(default);
-    let mut out = Request::new(req.into_inner());
+/// The caller's deadline (or `default`), to pass to [`upstream`].
+pub fn deadline<T>(req: &Request<T>, default: Duration) -> Duration {
+    aura_common::grpc::grpc_timeout(req.metadata()).unwrap_or(default)
+}
+
+/// A fresh upstream request carrying `msg` and `deadline`.
+pub fn upstream<T>(msg: T, deadline: Duration) -> Request<T> {
+    let mut out = Request::new(msg);
     out.set_timeout(deadline);
     out
 }
