@@ -280,3 +280,42 @@ async fn a_tenant_with_ten_thousand_runs_does_not_delay_another_tenants_run() {
     }
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn a_callers_short_deadline_ends_the_long_poll_behind_the_gateway() {
+    let redis = RedisServer::start();
+    let mesh = Mesh::start(&redis.url(), MeshOptions { worker_concurrency: 0, ..Default::default() }).await;
+    let mut gw = mesh.gateway().await;
+    let wf = spec(
+        json!({"name": "late", "steps": [{"id": "x", "kind": "external", "config": {"queue": "late-q"}}]}),
+    );
+    gw.register_workflow(pb::RegisterWorkflowRequest { spec: Some(wf) }).await.unwrap();
+    // A 20 s long poll with a 50 ms deadline: the caller gives up at once...
+    let mut poll = tonic::Request::new(pb::PollTasksRequest {
+        worker_id: "impatient".into(),
+        queues: vec!["late-q".into()],
+        max_tasks: 1,
+        wait: Some(prost_types::Duration { seconds: 20, nanos: 0 }),
+    });
+    poll.set_timeout(Duration::from_millis(50));
+    let outcome = gw.poll_tasks(poll).await;
+    assert!(matches!(&outcome, Ok(r) if r.get_ref().tasks.is_empty()) || outcome.is_err());
+    // ...and so does the work behind it: a task enqueued now is not swallowed by a poll
+    // nobody waits for any more; the next real poll gets it at once.
+    let run = gw
+        .start_run(pb::StartRunRequest { workflow_name: "late".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let run_id = run.into_inner().run.unwrap().run_id;
+    let next = pb::PollTasksRequest {
+        worker_id: "patient".into(),
+        queues: vec!["late-q".into()],
+        max_tasks: 1,
+        wait: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
+    };
+    let tasks = gw.poll_tasks(next).await.unwrap().into_inner().tasks;
+    assert_eq!(tasks.len(), 1, "the task went to a poll whose caller had left");
+    assert_eq!(tasks[0].run_id, run_id);
+    assert_eq!(tasks[0].attempt, 1);
+    mesh.stop().await;
+}
