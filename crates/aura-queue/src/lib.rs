@@ -429,24 +429,22 @@ impl Queue {
 
     /// Pauses claims from a queue (enqueues still succeed).
     pub async fn pause(&self, queue: &str) -> Result<()> {
-        let mut pipe = redis::pipe();
-        for p in 0..self.keys.partitions() {
-            pipe.set(format!("{}q:{queue}:paused", self.keys.partition(p)), 1).ignore();
-        }
+        // One command per partition: partitions are different cluster slots, and a cluster
+        // refuses a pipeline that crosses slots.
         let mut conn = self.conn.clone();
-        let () = pipe.query_async(&mut conn).await?;
+        for p in 0..self.keys.partitions() {
+            let () = conn.set(format!("{}q:{queue}:paused", self.keys.partition(p)), 1).await?;
+        }
         Ok(())
     }
 
     /// Resumes a paused queue and wakes its claimers.
     pub async fn resume(&self, queue: &str) -> Result<()> {
-        let mut pipe = redis::pipe();
-        for p in 0..self.keys.partitions() {
-            pipe.del(format!("{}q:{queue}:paused", self.keys.partition(p))).ignore();
-        }
-        pipe.publish(format!("{}{queue}", self.keys.wake_prefix()), "1").ignore();
         let mut conn = self.conn.clone();
-        let () = pipe.query_async(&mut conn).await?;
+        for p in 0..self.keys.partitions() {
+            let () = conn.del(format!("{}q:{queue}:paused", self.keys.partition(p))).await?;
+        }
+        let _: i64 = conn.publish(format!("{}{queue}", self.keys.wake_prefix()), "1").await?;
         Ok(())
     }
 

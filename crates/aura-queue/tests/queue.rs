@@ -26,10 +26,8 @@ fn fast_retry(max_attempts: u32) -> RetryPolicy {
     }
 }
 
-#[tokio::test]
-async fn duplicate_ids_create_one_job() {
-    let redis = RedisServer::start();
-    let q = queue_on(&redis.url(), 1).await;
+async fn duplicate_ids_create_one_job_on(url: &str) {
+    let q = queue_on(url, 1).await;
     assert!(q.enqueue(NewJob::new("a", "q", "1")).await.unwrap());
     assert!(!q.enqueue(NewJob::new("a", "q", "2")).await.unwrap());
     let created = q.enqueue_bulk(vec![NewJob::new("a", "q", "3"), NewJob::new("b", "q", "4")]).await.unwrap();
@@ -40,9 +38,13 @@ async fn duplicate_ids_create_one_job() {
 }
 
 #[tokio::test]
-async fn higher_priority_first_fifo_within_priority() {
+async fn duplicate_ids_create_one_job() {
     let redis = RedisServer::start();
-    let q = queue_on(&redis.url(), 1).await;
+    duplicate_ids_create_one_job_on(&redis.url()).await;
+}
+
+async fn higher_priority_first_fifo_within_priority_on(url: &str) {
+    let q = queue_on(url, 1).await;
     let mut jobs = Vec::new();
     for (id, prio) in [("l1", 0), ("h1", 10), ("l2", 0), ("h2", 10), ("m1", 5)] {
         let mut job = NewJob::new(id, "q", id);
@@ -56,9 +58,13 @@ async fn higher_priority_first_fifo_within_priority() {
 }
 
 #[tokio::test]
-async fn priority_out_of_range_is_rejected() {
+async fn higher_priority_first_fifo_within_priority() {
     let redis = RedisServer::start();
-    let q = queue_on(&redis.url(), 1).await;
+    higher_priority_first_fifo_within_priority_on(&redis.url()).await;
+}
+
+async fn priority_out_of_range_is_rejected_on(url: &str) {
+    let q = queue_on(url, 1).await;
     let mut job = NewJob::new("x", "q", "");
     job.priority = 1001;
     assert!(matches!(q.enqueue(job).await, Err(QueueError::Invalid { field: "priority", .. })));
@@ -69,9 +75,13 @@ async fn priority_out_of_range_is_rejected() {
 }
 
 #[tokio::test]
-async fn delayed_job_is_not_claimable_before_its_time() {
+async fn priority_out_of_range_is_rejected() {
     let redis = RedisServer::start();
-    let q = queue_on(&redis.url(), 1).await;
+    priority_out_of_range_is_rejected_on(&redis.url()).await;
+}
+
+async fn delayed_job_is_not_claimable_before_its_time_on(url: &str) {
+    let q = queue_on(url, 1).await;
     let mut job = NewJob::new("d", "q", "");
     job.delay = Duration::from_millis(300);
     q.enqueue(job).await.unwrap();
@@ -86,9 +96,13 @@ async fn delayed_job_is_not_claimable_before_its_time() {
 }
 
 #[tokio::test]
-async fn blocking_claim_wakes_on_enqueue() {
+async fn delayed_job_is_not_claimable_before_its_time() {
     let redis = RedisServer::start();
-    let q = queue_on(&redis.url(), 2).await;
+    delayed_job_is_not_claimable_before_its_time_on(&redis.url()).await;
+}
+
+async fn blocking_claim_wakes_on_enqueue_on(url: &str) {
+    let q = queue_on(url, 2).await;
     let q2 = q.clone();
     let waiter = tokio::spawn(async move {
         q2.claim_blocking(&lanes("q"), 5, Duration::from_secs(20), &CancellationToken::new()).await.unwrap()
@@ -102,9 +116,13 @@ async fn blocking_claim_wakes_on_enqueue() {
 }
 
 #[tokio::test]
-async fn stale_lease_cannot_complete_after_reclaim() {
+async fn blocking_claim_wakes_on_enqueue() {
     let redis = RedisServer::start();
-    let q = queue_on(&redis.url(), 1).await;
+    blocking_claim_wakes_on_enqueue_on(&redis.url()).await;
+}
+
+async fn stale_lease_cannot_complete_after_reclaim_on(url: &str) {
+    let q = queue_on(url, 1).await;
     let mut job = NewJob::new("j", "q", "");
     job.lease = Duration::from_millis(50);
     job.retry = fast_retry(3);
@@ -133,9 +151,13 @@ async fn stale_lease_cannot_complete_after_reclaim() {
 }
 
 #[tokio::test]
-async fn retries_with_backoff_then_dead_letter_and_replay() {
+async fn stale_lease_cannot_complete_after_reclaim() {
     let redis = RedisServer::start();
-    let q = queue_on(&redis.url(), 1).await;
+    stale_lease_cannot_complete_after_reclaim_on(&redis.url()).await;
+}
+
+async fn retries_with_backoff_then_dead_letter_and_replay_on(url: &str) {
+    let q = queue_on(url, 1).await;
     let mut job = NewJob::new("r", "q", "p");
     job.retry = fast_retry(3);
     q.enqueue(job).await.unwrap();
@@ -173,9 +195,13 @@ async fn retries_with_backoff_then_dead_letter_and_replay() {
 }
 
 #[tokio::test]
-async fn non_retryable_failure_skips_remaining_attempts() {
+async fn retries_with_backoff_then_dead_letter_and_replay() {
     let redis = RedisServer::start();
-    let q = queue_on(&redis.url(), 1).await;
+    retries_with_backoff_then_dead_letter_and_replay_on(&redis.url()).await;
+}
+
+async fn non_retryable_failure_skips_remaining_attempts_on(url: &str) {
+    let q = queue_on(url, 1).await;
     q.enqueue(NewJob::new("n", "q", "")).await.unwrap();
     let claimed = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
     let outcome = q
@@ -192,9 +218,13 @@ async fn non_retryable_failure_skips_remaining_attempts() {
 }
 
 #[tokio::test]
-async fn retry_after_is_honoured_and_backoff_grows() {
+async fn non_retryable_failure_skips_remaining_attempts() {
     let redis = RedisServer::start();
-    let q = queue_on(&redis.url(), 1).await;
+    non_retryable_failure_skips_remaining_attempts_on(&redis.url()).await;
+}
+
+async fn retry_after_is_honoured_and_backoff_grows_on(url: &str) {
+    let q = queue_on(url, 1).await;
     let mut job = NewJob::new("b", "q", "");
     job.retry = RetryPolicy { jitter: 0.0, ..RetryPolicy::default() }; // 2 s, x2
     q.enqueue(job).await.unwrap();
@@ -212,9 +242,13 @@ async fn retry_after_is_honoured_and_backoff_grows() {
 }
 
 #[tokio::test]
-async fn heartbeat_extends_and_reports_lost_leases() {
+async fn retry_after_is_honoured_and_backoff_grows() {
     let redis = RedisServer::start();
-    let q = queue_on(&redis.url(), 1).await;
+    retry_after_is_honoured_and_backoff_grows_on(&redis.url()).await;
+}
+
+async fn heartbeat_extends_and_reports_lost_leases_on(url: &str) {
+    let q = queue_on(url, 1).await;
     let mut job = NewJob::new("h", "q", "");
     job.lease = Duration::from_millis(200);
     q.enqueue(job).await.unwrap();
@@ -228,9 +262,13 @@ async fn heartbeat_extends_and_reports_lost_leases() {
 }
 
 #[tokio::test]
-async fn paused_queue_is_not_claimed_until_resumed() {
+async fn heartbeat_extends_and_reports_lost_leases() {
     let redis = RedisServer::start();
-    let q = queue_on(&redis.url(), 2).await;
+    heartbeat_extends_and_reports_lost_leases_on(&redis.url()).await;
+}
+
+async fn paused_queue_is_not_claimed_until_resumed_on(url: &str) {
+    let q = queue_on(url, 2).await;
     q.pause("q").await.unwrap();
     q.enqueue(NewJob::new("p", "q", "")).await.unwrap();
     assert!(q.claim(&lanes("q"), 1).await.unwrap().jobs.is_empty());
@@ -239,6 +277,12 @@ async fn paused_queue_is_not_claimed_until_resumed() {
     assert_eq!(stats.waiting, 1);
     q.resume("q").await.unwrap();
     assert_eq!(q.claim(&lanes("q"), 1).await.unwrap().jobs.len(), 1);
+}
+
+#[tokio::test]
+async fn paused_queue_is_not_claimed_until_resumed() {
+    let redis = RedisServer::start();
+    paused_queue_is_not_claimed_until_resumed_on(&redis.url()).await;
 }
 
 #[tokio::test]
@@ -296,10 +340,8 @@ fn diamond(flow: &str, parents: usize) -> NewFlow {
     }
 }
 
-#[tokio::test]
-async fn fan_in_is_enqueued_exactly_once_under_racing_parents() {
-    let redis = RedisServer::start();
-    let q = queue_on(&redis.url(), 1).await;
+async fn fan_in_is_enqueued_exactly_once_under_racing_parents_on(url: &str) {
+    let q = queue_on(url, 1).await;
     for round in 0..20 {
         let flow = format!("f{round}");
         q.start_flow(0, diamond(&flow, 8)).await.unwrap();
@@ -335,9 +377,13 @@ async fn fan_in_is_enqueued_exactly_once_under_racing_parents() {
 }
 
 #[tokio::test]
-async fn flow_idempotency_and_cancellation() {
+async fn fan_in_is_enqueued_exactly_once_under_racing_parents() {
     let redis = RedisServer::start();
-    let q = queue_on(&redis.url(), 1).await;
+    fan_in_is_enqueued_exactly_once_under_racing_parents_on(&redis.url()).await;
+}
+
+async fn flow_idempotency_and_cancellation_on(url: &str) {
+    let q = queue_on(url, 1).await;
     let mut flow = diamond("a", 2);
     flow.idempotency_key = "key-1".into();
     assert!(q.start_flow(0, flow.clone()).await.unwrap().created);
@@ -361,9 +407,13 @@ async fn flow_idempotency_and_cancellation() {
 }
 
 #[tokio::test]
-async fn failing_step_fails_flow_unless_it_continues_on_failure() {
+async fn flow_idempotency_and_cancellation() {
     let redis = RedisServer::start();
-    let q = queue_on(&redis.url(), 1).await;
+    flow_idempotency_and_cancellation_on(&redis.url()).await;
+}
+
+async fn failing_step_fails_flow_unless_it_continues_on_failure_on(url: &str) {
+    let q = queue_on(url, 1).await;
     // a -> b, a fails for good: b is cancelled, the flow fails.
     let mut flow = diamond("f", 1);
     flow.jobs[0].dependents = vec!["f.join".into()];
@@ -391,9 +441,13 @@ async fn failing_step_fails_flow_unless_it_continues_on_failure() {
 }
 
 #[tokio::test]
-async fn concurrent_claimers_never_get_the_same_job() {
+async fn failing_step_fails_flow_unless_it_continues_on_failure() {
     let redis = RedisServer::start();
-    let q = queue_on(&redis.url(), 2).await;
+    failing_step_fails_flow_unless_it_continues_on_failure_on(&redis.url()).await;
+}
+
+async fn concurrent_claimers_never_get_the_same_job_on(url: &str) {
+    let q = queue_on(url, 2).await;
     let jobs = (0..2000).map(|i| NewJob::new(format!("c{i}"), "q", "")).collect();
     q.enqueue_bulk(jobs).await.unwrap();
     let handles: Vec<_> = (0..8)
@@ -428,6 +482,12 @@ async fn concurrent_claimers_never_get_the_same_job() {
 }
 
 #[tokio::test]
+async fn concurrent_claimers_never_get_the_same_job() {
+    let redis = RedisServer::start();
+    concurrent_claimers_never_get_the_same_job_on(&redis.url()).await;
+}
+
+#[tokio::test]
 async fn partitioned_queue_on_a_real_cluster_spreads_and_loses_nothing() {
     let cluster = RedisCluster::start();
     let q = queue_on(&cluster.url(), 3).await;
@@ -454,10 +514,8 @@ async fn partitioned_queue_on_a_real_cluster_spreads_and_loses_nothing() {
     assert_eq!(ids.len(), 604);
 }
 
-#[tokio::test]
-async fn released_job_is_ready_at_once_without_counting_an_attempt() {
-    let redis = RedisServer::start();
-    let q = queue_on(&redis.url(), 1).await;
+async fn released_job_is_ready_at_once_without_counting_an_attempt_on(url: &str) {
+    let q = queue_on(url, 1).await;
     q.enqueue(NewJob::new("rel", "q", "")).await.unwrap();
     let first = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
     assert_eq!(q.release(vec![first.lease.clone()]).await.unwrap(), vec![true]);
@@ -465,6 +523,12 @@ async fn released_job_is_ready_at_once_without_counting_an_attempt() {
     let again = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
     assert_eq!(again.attempt, 1);
     assert_eq!(q.stats("q").await.unwrap().active, 1);
+}
+
+#[tokio::test]
+async fn released_job_is_ready_at_once_without_counting_an_attempt() {
+    let redis = RedisServer::start();
+    released_job_is_ready_at_once_without_counting_an_attempt_on(&redis.url()).await;
 }
 
 #[tokio::test]
@@ -502,10 +566,8 @@ async fn retention_deletes_finished_flows_with_their_jobs_and_events() {
     assert!(!running.is_empty());
 }
 
-#[tokio::test]
-async fn flows_beyond_the_concurrency_limit_wait_and_start_in_order() {
-    let redis = RedisServer::start();
-    let q = queue_on(&redis.url(), 1).await;
+async fn flows_beyond_the_concurrency_limit_wait_and_start_in_order_on(url: &str) {
+    let q = queue_on(url, 1).await;
     for i in 0..5 {
         let mut flow = diamond(&format!("g{i}"), 1);
         flow.index = "limited".into();
@@ -531,9 +593,13 @@ async fn flows_beyond_the_concurrency_limit_wait_and_start_in_order() {
 }
 
 #[tokio::test]
-async fn a_flooding_key_does_not_starve_another_key() {
+async fn flows_beyond_the_concurrency_limit_wait_and_start_in_order() {
     let redis = RedisServer::start();
-    let q = queue_on(&redis.url(), 1).await;
+    flows_beyond_the_concurrency_limit_wait_and_start_in_order_on(&redis.url()).await;
+}
+
+async fn a_flooding_key_does_not_starve_another_key_on(url: &str) {
+    let q = queue_on(url, 1).await;
     for i in 0..300 {
         let mut flow = diamond(&format!("a{i}"), 1);
         flow.jobs.truncate(1);
@@ -569,6 +635,12 @@ async fn a_flooding_key_does_not_starve_another_key() {
     all.dedup();
     assert_eq!(all.len(), 302);
     assert_eq!(q.stats("q").await.unwrap().waiting, 0);
+}
+
+#[tokio::test]
+async fn a_flooding_key_does_not_starve_another_key() {
+    let redis = RedisServer::start();
+    a_flooding_key_does_not_starve_another_key_on(&redis.url()).await;
 }
 
 #[tokio::test]
@@ -617,4 +689,53 @@ async fn a_key_at_its_concurrency_cap_waits_while_other_keys_are_served() {
     q.complete(vec![Completion { lease: a1.lease.clone(), result: "1".into() }]).await.unwrap();
     let next = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken").unwrap();
     assert_eq!(next.iter().map(|j| j.lease.id.as_str()).collect::<Vec<_>>(), vec!["a2.p0"]);
+}
+
+/// The same scenarios on a real 3-node Redis Cluster (every key of a partition shares a
+/// hash tag, so each script stays on one slot), flushing between scenarios.
+#[tokio::test]
+async fn the_queue_semantics_hold_on_a_real_cluster() {
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    let flush = || {
+        for node in &cluster.nodes {
+            let () = redis::cmd("FLUSHALL").query(&mut node.client()).unwrap();
+        }
+    };
+    flush();
+    duplicate_ids_create_one_job_on(&url).await;
+    flush();
+    higher_priority_first_fifo_within_priority_on(&url).await;
+    flush();
+    priority_out_of_range_is_rejected_on(&url).await;
+    flush();
+    delayed_job_is_not_claimable_before_its_time_on(&url).await;
+    flush();
+    blocking_claim_wakes_on_enqueue_on(&url).await;
+    flush();
+    stale_lease_cannot_complete_after_reclaim_on(&url).await;
+    flush();
+    retries_with_backoff_then_dead_letter_and_replay_on(&url).await;
+    flush();
+    non_retryable_failure_skips_remaining_attempts_on(&url).await;
+    flush();
+    retry_after_is_honoured_and_backoff_grows_on(&url).await;
+    flush();
+    heartbeat_extends_and_reports_lost_leases_on(&url).await;
+    flush();
+    paused_queue_is_not_claimed_until_resumed_on(&url).await;
+    flush();
+    fan_in_is_enqueued_exactly_once_under_racing_parents_on(&url).await;
+    flush();
+    flow_idempotency_and_cancellation_on(&url).await;
+    flush();
+    failing_step_fails_flow_unless_it_continues_on_failure_on(&url).await;
+    flush();
+    concurrent_claimers_never_get_the_same_job_on(&url).await;
+    flush();
+    released_job_is_ready_at_once_without_counting_an_attempt_on(&url).await;
+    flush();
+    flows_beyond_the_concurrency_limit_wait_and_start_in_order_on(&url).await;
+    flush();
+    a_flooding_key_does_not_starve_another_key_on(&url).await;
 }
