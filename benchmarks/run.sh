@@ -30,4 +30,18 @@ bin="${CARGO_TARGET_DIR:-target}/release/aura-bench"
 vars="$(env | grep '^BENCH_' | grep -v '^BENCH_REPRODUCE=' | sort | tr '\n' ' ' || true)"
 reproduce="${vars}bash benchmarks/run.sh${*:+ $*}"
 BENCH_REPRODUCE="$reproduce" "$bin" "$@" >/dev/null
+
+# The whole mesh (Gateway → Scheduler → Worker → Events, in one process) on its own private
+# redis-server, appended as its own section.
+if [[ "${BENCH_NO_MESH:-}" != "1" ]]; then
+  out="${BENCH_OUT:-benchmarks/RESULTS.md}"
+  {
+    echo
+    echo "## 2–3. Whole mesh (one process, private redis-server, one-step noop workflow)"
+    echo
+    echo "Compare with BullMQ's end-to-end jobs/s in section 1 (same machine, same invocation)."
+    echo
+    AURA_LOG=warn "${CARGO_TARGET_DIR:-target}/release/aura-bench-mesh"
+  } >> "$out"
+fi
 echo "run.sh: wrote ${BENCH_OUT:-benchmarks/RESULTS.md} and ${BENCH_RAW:-benchmarks/results-raw.json}" >&2

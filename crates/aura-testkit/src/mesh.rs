@@ -24,11 +24,20 @@ pub struct MeshOptions {
     pub workers: usize,
     /// Require API keys at the gateway (off: `--insecure-no-auth`).
     pub auth: bool,
+    /// The gateway's default rate limit (`None`: no limiter).
+    pub rate_limit: Option<aura_ratelimit::Limit>,
 }
 
 impl Default for MeshOptions {
     fn default() -> Self {
-        MeshOptions { partitions: 1, worker_concurrency: 16, schedulers: 1, workers: 1, auth: false }
+        MeshOptions {
+            partitions: 1,
+            worker_concurrency: 16,
+            schedulers: 1,
+            workers: 1,
+            auth: false,
+            rate_limit: aura_gateway::Config::default().rate_limit,
+        }
     }
 }
 
@@ -92,6 +101,7 @@ impl Mesh {
             events_urls: vec![url(events)],
             redis_url: redis_url.into(),
             insecure_no_auth: !options.auth,
+            rate_limit: options.rate_limit,
             ..Default::default()
         };
         let token = shutdown.clone();

@@ -84,15 +84,24 @@ end
 
 -- Appends an event to the flow's stream and publishes it live. `fields` becomes the JSON
 -- payload, with run_id and workflow added.
+-- Per script call: a flow's epoch and workflow name, read once however many events it gets.
+local emit_cache = {}
+
 local function emit(P, WAKE, flow, etype, fields, now)
   local key = P .. 'ev:runs.' .. flow
-  local epoch = redis.call('GET', key .. ':epoch')
-  if not epoch then
-    epoch = string.format('%x', now)
-    redis.call('SET', key .. ':epoch', epoch)
+  local cached = emit_cache[flow]
+  if cached == nil then
+    local epoch = redis.call('GET', key .. ':epoch')
+    if not epoch then
+      epoch = string.format('%x', now)
+      redis.call('SET', key .. ':epoch', epoch)
+    end
+    cached = {epoch, redis.call('HGET', P .. 'f:' .. flow, 'ix') or ''}
+    emit_cache[flow] = cached
   end
+  local epoch = cached[1]
   fields['run_id'] = flow
-  fields['workflow'] = redis.call('HGET', P .. 'f:' .. flow, 'ix') or ''
+  fields['workflow'] = cached[2]
   local payload = cjson.encode(fields)
   local n = redis.call('INCR', key .. ':n')
   redis.call('XADD', key, 'MAXLEN', '~', EV_MAXLEN, n .. '-0', 't', etype, 'p', payload, 'ts', now)
