@@ -16,16 +16,19 @@ local channel_prefix, maxlen, max_idle, fresh = ARGV[1], ARGV[2], tonumber(ARGV[
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
+-- A batch often holds many events of one topic: read its epoch once.
+local epochs = {}
 for i = 1, #KEYS do
   local key = KEYS[i]
   local o = 5 + (i - 1) * 3
   local topic, etype, payload = ARGV[o], ARGV[o + 1], ARGV[o + 2]
-  local epoch = redis.call('GET', key .. ':epoch')
+  local epoch = epochs[key] or redis.call('GET', key .. ':epoch')
   if not epoch then
     epoch = fresh
     redis.call('SET', key .. ':epoch', epoch)
     redis.call('DEL', key, key .. ':n')
   end
+  epochs[key] = epoch
   local n = redis.call('INCR', key .. ':n')
   redis.call('XADD', key, 'MAXLEN', '~', maxlen, n .. '-0', 't', etype, 'p', payload, 'ts', now)
   -- The idle timer is refreshed every 64th event (and at the first): three commands per
