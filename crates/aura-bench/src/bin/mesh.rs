@@ -4,7 +4,10 @@
 //! 1. bulk: N runs submitted with `StartRuns` (batches of 1,000), until all succeeded;
 //! 2. concurrent: N runs, one per `StartRun`, from 64 concurrent clients, until all succeeded;
 //! 3. latency: sequential single runs, `StartRun` → the run's `run.succeeded` event on a
-//!    `WatchRun` stream, p50/p90/p99.
+//!    `WatchRun` stream, p50/p90/p99;
+//! 5. event delivery: `Events.Publish` → each of 1 and 1,000 `Events.Subscribe` streams,
+//!    next to raw Redis PUBLISH → SUBSCRIBE on the same redis-server, one message at a time
+//!    (the next is published once every subscriber has the previous: unloaded latency).
 //!
 //! Prints a markdown section; `benchmarks/run.sh` appends it to RESULTS.md with ratios
 //! against the BullMQ figures of the same invocation.
@@ -134,6 +137,126 @@ async fn main() -> anyhow::Result<()> {
         percentile(&samples, 90.0),
         percentile(&samples, 99.0)
     );
+
+    for subscribers in [1, 1000] {
+        let aura = aura_event_latency(&mesh, subscribers, 50, 500).await?;
+        let raw = raw_latency(&redis.url(), subscribers, 50, 500).await?;
+        println!(
+            "| events, {subscribers} subscriber(s): publish → delivery p50 / p99 ms, AURA Events (gRPC) vs raw Redis pub/sub | {:.2} / {:.2} vs {:.2} / {:.2} (p99 ratio {:.1}×) |",
+            percentile(&aura, 50.0),
+            percentile(&aura, 99.0),
+            percentile(&raw, 50.0),
+            percentile(&raw, 99.0),
+            percentile(&aura, 99.0) / percentile(&raw, 99.0)
+        );
+    }
     mesh.stop().await;
     Ok(())
+}
+
+/// Publish → delivery latencies (ms) through AURA's Events service.
+async fn aura_event_latency(
+    mesh: &Mesh,
+    subscribers: usize,
+    warmup: usize,
+    messages: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let topic = format!("bench.lat{subscribers}");
+    let base = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<f64>();
+    let mut streams = Vec::with_capacity(subscribers);
+    for _ in 0..subscribers {
+        let mut events = mesh.events().await;
+        let req = pb::SubscribeRequest { patterns: vec![topic.clone()], ..Default::default() };
+        streams.push(events.subscribe(req).await?.into_inner());
+    }
+    for mut stream in streams {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(event)) = stream.next().await {
+                let sent =
+                    event.payload.as_ref().and_then(|p| p.fields.get("t")).and_then(|v| match v.kind {
+                        Some(prost_types::value::Kind::NumberValue(n)) => Some(n),
+                        _ => None,
+                    });
+                let now = base.elapsed().as_nanos() as f64;
+                if tx.send((now - sent.unwrap_or(now)) / 1e6).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let mut publisher = mesh.events().await;
+    // Subscriptions are established asynchronously: probe until one arrives everywhere.
+    loop {
+        let payload = json::json_to_struct(&serde_json::json!({"t": base.elapsed().as_nanos() as f64}));
+        publisher
+            .publish(pb::PublishRequest { topic: topic.clone(), r#type: "probe".into(), payload })
+            .await?;
+        let mut got = 0;
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+            got += 1;
+            if got == subscribers {
+                break;
+            }
+        }
+        if got == subscribers {
+            break;
+        }
+    }
+    let mut samples = Vec::with_capacity(messages * subscribers);
+    for i in 0..warmup + messages {
+        let payload = json::json_to_struct(&serde_json::json!({"t": base.elapsed().as_nanos() as f64}));
+        publisher.publish(pb::PublishRequest { topic: topic.clone(), r#type: "m".into(), payload }).await?;
+        for _ in 0..subscribers {
+            let ms = rx.recv().await.ok_or_else(|| anyhow::anyhow!("subscriber ended"))?;
+            if i >= warmup {
+                samples.push(ms);
+            }
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples)
+}
+
+/// Publish → delivery latencies (ms) of raw Redis pub/sub, one connection per subscriber.
+async fn raw_latency(
+    url: &str,
+    subscribers: usize,
+    warmup: usize,
+    messages: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let client = redis::Client::open(url)?;
+    let channel = format!("bench:raw:{subscribers}");
+    let base = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<f64>();
+    for _ in 0..subscribers {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(&channel).await?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut stream = pubsub.into_on_message();
+            while let Some(msg) = stream.next().await {
+                let sent: f64 = msg.get_payload::<String>().ok().and_then(|p| p.parse().ok()).unwrap_or(0.0);
+                let now = base.elapsed().as_nanos() as f64;
+                if tx.send((now - sent) / 1e6).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut samples = Vec::with_capacity(messages * subscribers);
+    for i in 0..warmup + messages {
+        let sent = base.elapsed().as_nanos() as f64;
+        let _: i64 = redis::cmd("PUBLISH").arg(&channel).arg(sent.to_string()).query_async(&mut conn).await?;
+        for _ in 0..subscribers {
+            let ms = rx.recv().await.ok_or_else(|| anyhow::anyhow!("subscriber ended"))?;
+            if i >= warmup {
+                samples.push(ms);
+            }
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples)
 }
