@@ -283,7 +283,14 @@ impl Engine {
             }
         }
         let mut events = Vec::new();
-        let mut workflows: HashMap<String, String> = HashMap::new();
+        let runs: Vec<(usize, String)> = completions
+            .iter()
+            .map(|(_, c)| &c.lease)
+            .chain(failures.iter().map(|(_, f)| &f.lease))
+            .filter_map(|l| ids::split_task_id(&l.id).map(|(run, _)| (l.partition, run.to_string())))
+            .collect();
+        let workflows = self.workflows_of(&runs).await;
+        let name_of = |run_id: &str| workflows.get(run_id).cloned().unwrap_or_default();
         if !completions.is_empty() {
             let (idx, items): (Vec<usize>, Vec<_>) = completions.into_iter().unzip();
             let outcomes = self.queue.complete(items.clone()).await?;
@@ -292,7 +299,7 @@ impl Engine {
                     aura_queue::CompleteOutcome::Recorded { ready, flow_state } => {
                         acks[i].accepted = true;
                         let (run_id, step_id) = ids::split_task_id(&item.lease.id).unwrap_or_default();
-                        let wf = self.workflow_of(&mut workflows, item.lease.partition, run_id).await;
+                        let wf = name_of(run_id);
                         events.push(LifecycleEvent::step(run_id, &wf, step_id, "step.succeeded", json!({})));
                         for dep in ready {
                             let (_, dep_step) = ids::split_task_id(&dep).unwrap_or_default();
@@ -321,13 +328,7 @@ impl Engine {
                     continue;
                 }
                 acks[i].accepted = true;
-                let wf = self
-                    .workflow_of(
-                        &mut workflows,
-                        item.lease.partition,
-                        ids::split_task_id(&item.lease.id).unwrap_or_default().0,
-                    )
-                    .await;
+                let wf = name_of(ids::split_task_id(&item.lease.id).unwrap_or_default().0);
                 events.extend(failure_events(&item.lease.id, &wf, &item.error, outcome));
             }
         }
@@ -344,22 +345,29 @@ impl Engine {
         Ok(acks)
     }
 
-    async fn workflow_of(
-        &self,
-        cache: &mut HashMap<String, String>,
-        partition: usize,
-        run_id: &str,
-    ) -> String {
-        if let Some(w) = cache.get(run_id) {
-            return w.clone();
+    /// The workflow name of each run, one pipelined round trip per partition (a report of
+    /// 256 results must not cost 256 sequential reads). Unknown runs map to ''.
+    async fn workflows_of(&self, runs: &[(usize, String)]) -> HashMap<String, String> {
+        let mut by_partition: HashMap<usize, Vec<&str>> = HashMap::new();
+        for (p, run_id) in runs {
+            let ids = by_partition.entry(*p).or_default();
+            if !ids.contains(&run_id.as_str()) {
+                ids.push(run_id);
+            }
         }
-        let mut conn = self.queue.conn();
-        let key = format!("{}f:{run_id}", self.queue.keys().partition(partition));
-        let meta: Option<String> = redis::AsyncCommands::hget(&mut conn, key, "meta").await.unwrap_or(None);
-        let name =
-            meta.and_then(|m| serde_json::from_str::<FlowMeta>(&m).ok()).map(|m| m.w).unwrap_or_default();
-        cache.insert(run_id.to_string(), name.clone());
-        name
+        let mut out = HashMap::new();
+        for (p, ids) in by_partition {
+            let mut pipe = redis::pipe();
+            for run_id in &ids {
+                pipe.hget(format!("{}f:{run_id}", self.queue.keys().partition(p)), "ix");
+            }
+            let mut conn = self.queue.conn();
+            let names: Vec<Option<String>> = pipe.query_async(&mut conn).await.unwrap_or_default();
+            for (run_id, name) in ids.into_iter().zip(names) {
+                out.insert(run_id.to_string(), name.unwrap_or_default());
+            }
+        }
+        out
     }
 
     /// Extends leases; reports cancelled and lost ones.
@@ -397,10 +405,18 @@ impl Engine {
             match self.queue.reap(1000).await {
                 Ok((reaped, timed_out)) => {
                     let mut events = Vec::new();
-                    let mut workflows = HashMap::new();
-                    for (partition, run_id) in timed_out {
+                    let runs: Vec<(usize, String)> = timed_out
+                        .iter()
+                        .cloned()
+                        .chain(reaped.iter().filter_map(|r| {
+                            ids::split_task_id(&r.id).map(|(run, _)| (r.partition, run.to_string()))
+                        }))
+                        .collect();
+                    let workflows = self.workflows_of(&runs).await;
+                    let name_of = |run_id: &str| workflows.get(run_id).cloned().unwrap_or_default();
+                    for (_, run_id) in timed_out {
                         tracing::warn!(%run_id, "run timed out");
-                        let wf = self.workflow_of(&mut workflows, partition, &run_id).await;
+                        let wf = name_of(&run_id);
                         events.push(LifecycleEvent::run(
                             &run_id,
                             &wf,
@@ -411,7 +427,7 @@ impl Engine {
                     for r in reaped {
                         tracing::info!(task_id = %r.id, outcome = ?r.outcome, "lease expired; task handed back");
                         let Some((run_id, _)) = ids::split_task_id(&r.id) else { continue };
-                        let wf = self.workflow_of(&mut workflows, r.partition, run_id).await;
+                        let wf = name_of(run_id);
                         events.extend(failure_events(&r.id, &wf, "lease expired", r.outcome));
                     }
                     self.emit(events).await;

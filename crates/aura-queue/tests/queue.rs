@@ -255,7 +255,12 @@ async fn heartbeat_extends_and_reports_lost_leases_on(url: &str) {
     let claimed = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
     let hb = q.heartbeat(vec![claimed.lease.clone()], Duration::from_secs(30)).await.unwrap();
     assert!(matches!(hb[0], HeartbeatOutcome::Extended(d) if d > claimed.deadline_ms));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Past the original deadline (Redis's clock and ours agree on loopback within ms)...
+    let original = claimed.deadline_ms + 50;
+    wait_until("the original lease deadline to pass", Duration::from_secs(5), || async move {
+        now_ms() > original
+    })
+    .await;
     assert!(q.reap(10).await.unwrap().0.is_empty(), "an extended lease is not reaped");
     let bogus = Lease { token: "nope".into(), ..claimed.lease.clone() };
     assert_eq!(q.heartbeat(vec![bogus], Duration::from_secs(1)).await.unwrap(), vec![HeartbeatOutcome::Lost]);

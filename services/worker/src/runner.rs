@@ -69,6 +69,8 @@ struct Inner {
     /// Stops the reporter once every result is sent.
     reporter_stop: CancellationToken,
     reporter_done: tokio::sync::Notify,
+    /// Signalled whenever a task leaves the in-flight set (a drain waits on it).
+    task_left: tokio::sync::Notify,
     reporter_finished: AtomicBool,
     succeeded: AtomicU64,
     failed: AtomicU64,
@@ -107,11 +109,21 @@ impl Runner {
                 released_while_draining: AtomicU32::new(0),
                 reporter_stop: CancellationToken::new(),
                 reporter_done: tokio::sync::Notify::new(),
+                task_left: tokio::sync::Notify::new(),
                 reporter_finished: AtomicBool::new(false),
                 succeeded: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// Removes a task from the in-flight set (whoever takes it reports it, or not at all).
+    fn take(&self, task_id: &str) -> Option<InFlight> {
+        let taken = self.in_flight().remove(task_id);
+        if taken.is_some() {
+            self.inner.task_left.notify_waiters();
+        }
+        taken
     }
 
     fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, InFlight>> {
@@ -225,7 +237,7 @@ impl Runner {
         let handle = tokio::spawn(async move {
             let result = runner.execute(&task).await;
             // Only the runner that still owns the task reports it (a cancelled one does not).
-            if runner.in_flight().remove(&task.task_id).is_some() {
+            if runner.take(&task.task_id).is_some() {
                 let _ = runner.inner.results.send(result);
             }
             drop((permit, kind_permit));
@@ -366,7 +378,7 @@ impl Runner {
                         let status =
                             pb::LeaseStatus::try_from(hb.status).unwrap_or(pb::LeaseStatus::Unspecified);
                         if matches!(status, pb::LeaseStatus::Cancelled | pb::LeaseStatus::Lost)
-                            && let Some(f) = self.in_flight().remove(&hb.task_id)
+                            && let Some(f) = self.take(&hb.task_id)
                         {
                             tracing::info!(task_id = %hb.task_id, ?status, "stopping task");
                             f.abort.abort();
@@ -393,8 +405,16 @@ impl Runner {
                 let at_start = this.in_flight().len() as u32;
                 let timeout = timeout.unwrap_or(this.inner.config.drain_timeout);
                 let deadline = tokio::time::Instant::now() + timeout;
-                while !this.in_flight().is_empty() && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                loop {
+                    // Register before checking, so a task leaving in between still wakes us.
+                    let left = this.inner.task_left.notified();
+                    if this.in_flight().is_empty() {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = left => {}
+                        _ = tokio::time::sleep_until(deadline) => break,
+                    }
                 }
                 let leftovers: Vec<(String, InFlight)> = this.in_flight().drain().collect();
                 let leftover_count = leftovers.len() as u32;
