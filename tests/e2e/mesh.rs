@@ -223,3 +223,59 @@ async fn every_service_reports_serving_health() {
     assert_eq!(status.capacity, 16);
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn get_metrics_reports_a_known_workload_exactly() {
+    let redis = RedisServer::start();
+    let mesh = Mesh::start(&redis.url(), MeshOptions::default()).await;
+    let mut gw = mesh.gateway().await;
+    // Fails (without retries: a jq error is fatal) when the input asks it to.
+    let mixed = spec(json!({"name": "mixed", "steps": [
+        {"id": "check", "kind": "transform",
+         "config": {"jq": "if .input.fail then error(\"asked to fail\") else .input end"}},
+    ]}));
+    let other = spec(json!({"name": "other", "steps": [{"id": "only", "kind": "noop"}]}));
+    for wf in [mixed, other] {
+        gw.register_workflow(pb::RegisterWorkflowRequest { spec: Some(wf) }).await.unwrap();
+    }
+    let mut runs = Vec::new();
+    for i in 0..23 {
+        let (workflow, fail) = if i < 20 { ("mixed", i % 4 == 0) } else { ("other", false) };
+        let req = pb::StartRunRequest {
+            workflow_name: workflow.into(),
+            input: input(json!({"fail": fail})),
+            ..Default::default()
+        };
+        runs.push(gw.start_run(req).await.unwrap().into_inner().run.unwrap().run_id);
+    }
+    for run_id in &runs {
+        wait_for_run(&mut gw, run_id, Duration::from_secs(30)).await;
+    }
+    let metrics = |workflow: &str| {
+        let mut gw = gw.clone();
+        let req = pb::GetMetricsRequest {
+            workflow_name: workflow.into(),
+            window: pb::MetricsWindow::LastHour as i32,
+        };
+        async move { gw.get_metrics(req).await.unwrap().into_inner().runs.unwrap() }
+    };
+    // Counters are written just after each final transition: wait for the last of them.
+    aura_testkit::wait_until("every outcome is counted", Duration::from_secs(10), || async {
+        let m = metrics("").await;
+        m.runs_succeeded + m.runs_failed == 23 && m.durations_counted == 23
+    })
+    .await;
+    let m = metrics("mixed").await;
+    assert_eq!((m.runs_started, m.runs_succeeded, m.runs_failed, m.runs_cancelled), (20, 15, 5, 0), "{m:?}");
+    assert_eq!(m.success_rate, 0.75);
+    assert_eq!(m.steps_retried, 0, "a jq error is not retried");
+    assert_eq!(m.durations_counted, 20);
+    assert!(m.duration_p50_ms > 0.0, "{m:?}");
+    assert!(m.duration_p50_ms <= m.duration_p95_ms && m.duration_p95_ms <= m.duration_p99_ms, "{m:?}");
+    assert!(m.throughput_per_second > 0.0);
+    let all = metrics("").await;
+    assert_eq!((all.runs_started, all.runs_succeeded, all.runs_failed), (23, 18, 5), "{all:?}");
+    let none = metrics("nosuch").await;
+    assert_eq!((none.runs_started, none.durations_counted, none.duration_p99_ms), (0, 0, 0.0));
+    mesh.stop().await;
+}

@@ -430,32 +430,60 @@ pub async fn events(opts: ClientOpts, cmd: EventsCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn metrics(opts: ClientOpts, workflow: Option<String>, window: String) -> anyhow::Result<()> {
+pub async fn metrics(
+    opts: ClientOpts,
+    workflow: Option<String>,
+    window: Option<String>,
+) -> anyhow::Result<()> {
     let mut c = Client::connect(&opts).await?;
-    let window = match window.as_str() {
-        "1m" => pb::MetricsWindow::LastMinute,
-        "1h" => pb::MetricsWindow::LastHour,
-        "24h" => pb::MetricsWindow::LastDay,
-        other => anyhow::bail!("--window {other:?}: use 1m, 1h or 24h"),
+    let windows = match window.as_deref() {
+        None => vec!["1m", "1h", "24h"],
+        Some(w @ ("1m" | "1h" | "24h")) => vec![w],
+        Some(other) => anyhow::bail!("--window {other:?}: use 1m, 1h or 24h"),
     };
-    let req =
-        pb::GetMetricsRequest { workflow_name: workflow.clone().unwrap_or_default(), window: window as i32 };
-    let resp = c.inner.get_metrics(c.req(req)).await.map_err(status_err)?.into_inner();
-    let m = resp.runs.unwrap_or_default();
+    println!("workflow: {}", workflow.as_deref().unwrap_or("(all)"));
     println!(
-        "{:<24} {:>8} {:>10} {:>7} {:>10} {:>9} {:>8}",
-        "WORKFLOW", "STARTED", "SUCCEEDED", "FAILED", "CANCELLED", "SUCCESS", "RUNS/S"
+        "{:<6} {:>8} {:>10} {:>7} {:>10} {:>8} {:>9} {:>8} {:>10} {:>10} {:>10}",
+        "WINDOW",
+        "STARTED",
+        "SUCCEEDED",
+        "FAILED",
+        "CANCELLED",
+        "RETRIED",
+        "SUCCESS",
+        "RUNS/S",
+        "P50",
+        "P95",
+        "P99"
     );
-    println!(
-        "{:<24} {:>8} {:>10} {:>7} {:>10} {:>8.1}% {:>8.2}",
-        workflow.unwrap_or_else(|| "(all)".into()),
-        m.runs_started,
-        m.runs_succeeded,
-        m.runs_failed,
-        m.runs_cancelled,
-        m.success_rate * 100.0,
-        m.throughput_per_second
-    );
+    for w in windows {
+        let window = match w {
+            "1m" => pb::MetricsWindow::LastMinute,
+            "1h" => pb::MetricsWindow::LastHour,
+            _ => pb::MetricsWindow::LastDay,
+        };
+        let req = pb::GetMetricsRequest {
+            workflow_name: workflow.clone().unwrap_or_default(),
+            window: window as i32,
+        };
+        let resp = c.inner.get_metrics(c.req(req)).await.map_err(status_err)?.into_inner();
+        let m = resp.runs.unwrap_or_default();
+        let ms = |v: f64| if m.durations_counted == 0 { "-".to_string() } else { format!("{v:.1}ms") };
+        println!(
+            "{:<6} {:>8} {:>10} {:>7} {:>10} {:>8} {:>8.1}% {:>8.2} {:>10} {:>10} {:>10}",
+            w,
+            m.runs_started,
+            m.runs_succeeded,
+            m.runs_failed,
+            m.runs_cancelled,
+            m.steps_retried,
+            m.success_rate * 100.0,
+            m.throughput_per_second,
+            ms(m.duration_p50_ms),
+            ms(m.duration_p95_ms),
+            ms(m.duration_p99_ms),
+        );
+    }
     Ok(())
 }
 

@@ -63,9 +63,9 @@ pub enum Command {
     Metrics {
         /// Only this workflow.
         workflow: Option<String>,
-        /// Window: 1m, 1h or 24h.
-        #[arg(long, default_value = "1h")]
-        window: String,
+        /// Window: 1m, 1h or 24h (default: one row for each).
+        #[arg(long)]
+        window: Option<String>,
     },
 }
 
@@ -83,6 +83,16 @@ pub enum Role {
 }
 
 impl Role {
+    /// Lower-case name, as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Gateway => "gateway",
+            Role::Scheduler => "scheduler",
+            Role::Worker => "worker",
+            Role::Events => "events",
+        }
+    }
+
     /// Default gRPC port.
     pub fn default_port(self) -> u16 {
         match self {

@@ -21,12 +21,14 @@ async fn main() {
 async fn run(cli: config::Cli) -> anyhow::Result<()> {
     match cli.command {
         config::Command::Serve { role, opts } => {
-            aura_common::telemetry::init();
+            let _telemetry = aura_common::telemetry::init(&format!("aura-{}", role.name()));
             let settings = config::Settings::resolve(&opts)?;
             roles::serve(role, settings).await
         }
         config::Command::Up(up) => {
-            aura_common::telemetry::init();
+            // One process serves every role: one `service.name`; spans still name their
+            // gRPC service (`rpc.service`).
+            let _telemetry = aura_common::telemetry::init("aura");
             up::run(up).await
         }
         config::Command::Workflow(cmd) => client::workflow(cli.client, cmd).await,

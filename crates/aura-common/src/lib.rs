@@ -6,7 +6,7 @@
 //! - [`grpc`] — listeners with TCP_NODELAY, health + reflection (v1 and v1alpha) wiring.
 //! - [`status`] — building precise `tonic::Status` values (field violations, retry info).
 //! - [`shutdown`] — the SIGTERM/SIGINT contract.
-//! - [`telemetry`] — tracing initialisation.
+//! - [`telemetry`] — logs, OpenTelemetry traces and W3C trace-context propagation.
 //! - [`metrics`] — the Prometheus `/metrics` HTTP endpoint.
 #![forbid(unsafe_code)]
 

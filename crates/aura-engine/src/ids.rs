@@ -11,6 +11,15 @@ pub fn ulid() -> String {
     (0..26).rev().map(|i| CROCKFORD[((value >> (i * 5)) & 31) as usize] as char).collect()
 }
 
+/// When a run was created (ms since the epoch): the timestamp half of its ULID.
+pub fn created_ms(run_id: &str) -> Option<u64> {
+    let ulid = run_id.get(..10)?;
+    ulid.bytes().try_fold(0u64, |acc, b| {
+        let digit = CROCKFORD.iter().position(|c| *c == b)? as u64;
+        Some(acc << 5 | digit)
+    })
+}
+
 /// A run id in partition `partition`.
 pub fn run_id(partition: usize) -> String {
     format!("{}-{partition}", ulid())
@@ -55,6 +64,10 @@ mod tests {
         assert_eq!(partition_of_run(&id, 4), Some(3));
         assert_eq!(partition_of_run(&id, 3), None);
         assert_eq!(partition_of_run("nope", 4), None);
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let created = created_ms(&id).expect("a run id carries its creation time");
+        assert!(now.abs_diff(created) < 5_000, "{created} vs {now}");
         let a = ulid();
         std::thread::sleep(std::time::Duration::from_millis(2));
         assert!(ulid() > a, "ulids sort by time");

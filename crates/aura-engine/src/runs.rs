@@ -133,6 +133,9 @@ pub struct StartRequest {
     pub delay: Duration,
     /// Fair-dispatch key ('' for none).
     pub concurrency_key: String,
+    /// W3C trace context of the caller (`traceparent`, ...), handed to every step's task so
+    /// its span joins the caller's trace. Opaque here; empty when traces are off.
+    pub trace_context: HashMap<String, String>,
 }
 
 /// What starting a run returned.
@@ -162,6 +165,9 @@ pub struct ListFilter {
 pub(crate) struct FlowMeta {
     pub w: String,
     pub v: u32,
+    /// Trace context of the `StartRun` (absent when traces are off: no bytes spent).
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    pub t: HashMap<String, String>,
 }
 
 impl Engine {
@@ -253,8 +259,12 @@ impl Engine {
                 },
             })
             .collect();
-        let meta = serde_json::to_string(&FlowMeta { w: spec.name.clone(), v: wf.version })
-            .expect("meta serialises");
+        let meta = serde_json::to_string(&FlowMeta {
+            w: spec.name.clone(),
+            v: wf.version,
+            t: req.trace_context.clone(),
+        })
+        .expect("meta serialises");
         let flow = aura_queue::NewFlow {
             id: run_id.clone(),
             idempotency_key: req.idempotency_key.clone(),

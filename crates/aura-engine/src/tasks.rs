@@ -40,6 +40,8 @@ pub struct Task {
     pub workflow_version: u32,
     /// Attempt timeout.
     pub timeout: Duration,
+    /// W3C trace context of the `StartRun` that caused the run (empty when traces are off).
+    pub trace_context: HashMap<String, String>,
 }
 
 /// A worker's report on one task.
@@ -125,7 +127,8 @@ impl Engine {
             return;
         }
         let mut batch = Vec::with_capacity(events.len());
-        let mut counts: HashMap<(String, &'static str), u64> = HashMap::new();
+        let mut counts: HashMap<(String, String), u64> = HashMap::new();
+        let now_ms = aura_queue::now_ms();
         for e in &events {
             batch.push((format!("workflows.{}", e.workflow), e.event_type.to_string(), e.payload.clone()));
             // A run counts as started when accepted (`run.queued`), not at its first claim.
@@ -134,10 +137,18 @@ impl Engine {
                 "run.succeeded" => Some("succeeded"),
                 "run.failed" => Some("failed"),
                 "run.cancelled" => Some("cancelled"),
+                "step.retrying" => Some("retried"),
                 _ => None,
             };
             if let Some(what) = counted {
-                *counts.entry((e.workflow.clone(), what)).or_default() += 1;
+                *counts.entry((e.workflow.clone(), what.to_string())).or_default() += 1;
+            }
+            // A finished run's duration, from acceptance (its id's timestamp) to now.
+            if matches!(e.event_type, "run.succeeded" | "run.failed")
+                && let Some(created) = e.payload["run_id"].as_str().and_then(ids::created_ms)
+            {
+                let bucket = crate::metrics::duration_bucket(now_ms.saturating_sub(created));
+                *counts.entry((e.workflow.clone(), format!("d{bucket}"))).or_default() += 1;
             }
         }
         if let Err(err) = self.bus.publish_batch(&batch).await {
@@ -190,7 +201,7 @@ impl Engine {
                 continue;
             };
             let meta = match meta_cache.get(&job.flow) {
-                Some(m) => FlowMeta { w: m.w.clone(), v: m.v },
+                Some(m) => FlowMeta { w: m.w.clone(), v: m.v, t: m.t.clone() },
                 None => serde_json::from_str::<FlowMeta>(&job.flow_meta)
                     .map_err(|e| EngineError::Corrupt(format!("run meta: {e}")))?,
             };
@@ -235,6 +246,7 @@ impl Engine {
                 workflow_name: meta.w.clone(),
                 workflow_version: meta.v,
                 timeout: wf.spec.timeout(step),
+                trace_context: meta.t.clone(),
             });
             meta_cache.insert(job.flow.clone(), meta);
         }

@@ -231,6 +231,8 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     let gauges = tokio::spawn(hub_gauges(service.hub.clone(), &config.metrics, shutdown.clone()));
     tracing::info!(addr = %listener.local_addr()?, "events listening");
     tonic::transport::Server::builder()
+        // A span per call, joining the caller's trace.
+        .layer(aura_common::telemetry::TraceLayer)
         .layer(aura_common::metrics::GrpcMetricsLayer::new(&config.metrics))
         .add_service(health)
         .add_service(grpc::reflection_v1())

@@ -116,7 +116,10 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     }
     tracing::info!(addr = %listener.local_addr()?, tls = config.tls.is_some(), "gateway listening");
     server
-        // Outermost: counts and times every call, including refused ones.
+        // Trace: a span per call (child of the client's `traceparent` if it sent one); the
+        // forwarded calls carry it on to the Scheduler and Events.
+        .layer(aura_common::telemetry::TraceLayer)
+        // Counts and times every call, including refused ones.
         .layer(aura_common::metrics::GrpcMetricsLayer::new(&config.metrics))
         // Who is calling: UNAUTHENTICATED before anything else is spent on the call.
         .layer(auth::AuthLayer::new(authenticator))

@@ -17,9 +17,10 @@ pub fn deadline<T>(req: &Request<T>, default: Duration) -> Duration {
     aura_common::grpc::grpc_timeout(req.metadata()).unwrap_or(default)
 }
 
-/// A fresh upstream request carrying `msg` and `deadline`.
+/// A fresh upstream request carrying `msg`, `deadline` and the current trace context.
 pub fn upstream<T>(msg: T, deadline: Duration) -> Request<T> {
     let mut out = Request::new(msg);
     out.set_timeout(deadline);
+    aura_common::telemetry::inject(out.metadata_mut());
     out
 }

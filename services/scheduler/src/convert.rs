@@ -141,6 +141,7 @@ pub fn start_from_pb(req: pb::StartRunRequest) -> Result<StartRequest, EngineErr
         priority: req.priority,
         delay: Duration::from_millis(duration_ms("delay", req.delay.as_ref())?),
         concurrency_key: req.concurrency_key,
+        trace_context: Default::default(),
     })
 }
 
@@ -234,7 +235,7 @@ pub fn task_to_pb(t: Task) -> pb::Task {
         workflow_name: t.workflow_name,
         workflow_version: t.workflow_version,
         timeout: Some(to_duration(t.timeout)),
-        trace_context: Default::default(),
+        trace_context: t.trace_context,
     }
 }
 

@@ -93,6 +93,8 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     let service = SchedulerService::new(engine, shutdown.clone());
     tracing::info!(addr = %listener.local_addr()?, "scheduler listening");
     tonic::transport::Server::builder()
+        // A span per call, joining the caller's trace (`traceparent` from the Gateway).
+        .layer(aura_common::telemetry::TraceLayer)
         .layer(aura_common::metrics::GrpcMetricsLayer::new(&config.metrics))
         .add_service(health)
         .add_service(grpc::reflection_v1())

@@ -91,7 +91,8 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
     }
 
     async fn start_run(&self, req: Request<pb::StartRunRequest>) -> Reply<pb::StartRunResponse> {
-        let start = start_from_pb(req.into_inner()).map_err(to_status)?;
+        let mut start = start_from_pb(req.into_inner()).map_err(to_status)?;
+        start.trace_context = aura_common::telemetry::current_context();
         let started = self.engine.start_run(start).await.map_err(to_status)?;
         let run = self.engine.get_run(&started.run_id).await.map_err(to_status)?;
         Ok(Response::new(pb::StartRunResponse { run: Some(run_to_pb(&run)), created: started.created }))
@@ -103,10 +104,13 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
             return Err(status::invalid_field("runs", format!("{} runs; at most 1000 per call", runs.len())));
         }
         let mut starts = Vec::with_capacity(runs.len());
+        // Every run of the batch joins this call's trace.
+        let trace_context = aura_common::telemetry::current_context();
         let mut results: Vec<Option<pb::StartRunResult>> = Vec::with_capacity(runs.len());
         for (i, run) in runs.into_iter().enumerate() {
             match start_from_pb(run) {
-                Ok(s) => {
+                Ok(mut s) => {
+                    s.trace_context = trace_context.clone();
                     starts.push((i, s));
                     results.push(None);
                 }
@@ -189,6 +193,11 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
                 runs_cancelled: counts.cancelled,
                 success_rate: counts.success_rate(),
                 throughput_per_second: counts.throughput(),
+                steps_retried: counts.retried,
+                duration_p50_ms: counts.duration_quantile_ms(0.50),
+                duration_p95_ms: counts.duration_quantile_ms(0.95),
+                duration_p99_ms: counts.duration_quantile_ms(0.99),
+                durations_counted: counts.durations_counted(),
             }),
         }))
     }

@@ -122,6 +122,8 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     tracing::info!(addr = %listener.local_addr()?, worker_id = %config.worker_id, "worker listening");
     let server_stop = shutdown.clone();
     tonic::transport::Server::builder()
+        // A span per call, joining the caller's trace.
+        .layer(aura_common::telemetry::TraceLayer)
         .layer(aura_common::metrics::GrpcMetricsLayer::new(&config.metrics))
         .add_service(health)
         .add_service(grpc::reflection_v1())

@@ -261,15 +261,30 @@ impl Runner {
             dependency_outputs: &deps,
             timeout,
         };
-        let span = tracing::info_span!("step", run_id = %task.run_id, step_id = %task.step_id, attempt = task.attempt, kind = %task.kind);
-        let outcome =
-            match tokio::time::timeout(timeout, self.inner.executor.run(&step).instrument(span)).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(StepError::Retryable {
-                    message: format!("step timed out after {timeout:?}"),
-                    retry_after: None,
-                }),
-            };
+        // The step's span joins the trace of the StartRun that caused the run, carried inside
+        // the task (this attempt may run minutes later, on another machine).
+        let span = tracing::info_span!(
+            "step",
+            otel.name = %format!("step {}", task.step_id),
+            otel.status_code = tracing::field::Empty,
+            workflow = %task.workflow_name,
+            run_id = %task.run_id,
+            step_id = %task.step_id,
+            attempt = task.attempt,
+            kind = %task.kind,
+            trace_id = tracing::field::Empty,
+        );
+        aura_common::telemetry::set_parent(&span, &task.trace_context);
+        let outcome = match tokio::time::timeout(timeout, self.inner.executor.run(&step))
+            .instrument(span.clone())
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(_) => Err(StepError::Retryable {
+                message: format!("step timed out after {timeout:?}"),
+                retry_after: None,
+            }),
+        };
         let outcome = match outcome {
             Ok(output) => {
                 self.inner.succeeded.fetch_add(1, Ordering::Relaxed);
@@ -277,7 +292,8 @@ impl Runner {
             }
             Err(err) => {
                 self.inner.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(error = %err, "step attempt failed");
+                span.record("otel.status_code", "ERROR");
+                span.in_scope(|| tracing::info!(error = %err, "step attempt failed"));
                 let (retryable, retry_after) = match &err {
                     StepError::Retryable { retry_after, .. } => (true, *retry_after),
                     StepError::Fatal(_) => (false, None),
