@@ -279,3 +279,33 @@ async fn get_metrics_reports_a_known_workload_exactly() {
     assert_eq!((none.runs_started, none.durations_counted, none.duration_p99_ms), (0, 0, 0.0));
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn a_new_version_reaches_every_scheduler_replica_through_pub_sub() {
+    let redis = RedisServer::start();
+    let mesh = Mesh::start(&redis.url(), MeshOptions { schedulers: 2, ..Default::default() }).await;
+    let connect = |addr| async move {
+        aura_proto::v1::scheduler_client::SchedulerClient::new(Mesh::channel(addr).await)
+    };
+    let (mut a, mut b) = (connect(mesh.schedulers[0]).await, connect(mesh.schedulers[1]).await);
+    let register = |step: &str| pb::RegisterWorkflowRequest {
+        spec: Some(spec(json!({"name": "cached", "steps": [{"id": step, "kind": "noop"}]}))),
+    };
+    let start = || pb::StartRunRequest { workflow_name: "cached".into(), ..Default::default() };
+    a.register_workflow(register("first")).await.unwrap();
+    // Replica B resolves (and caches) "latest" = 1.
+    for _ in 0..3 {
+        let run = b.start_run(start()).await.unwrap().into_inner().run.unwrap();
+        assert_eq!(run.workflow_version, 1);
+    }
+    let v2 = a.register_workflow(register("second")).await.unwrap().into_inner();
+    assert_eq!(v2.workflow.unwrap().version, 2);
+    // B trusts its cache for a minute unless told: version 2 within seconds means the
+    // registration on A invalidated it.
+    aura_testkit::wait_until("replica B starts version 2", Duration::from_secs(10), || {
+        let mut b = b.clone();
+        async move { b.start_run(start()).await.unwrap().into_inner().run.unwrap().workflow_version == 2 }
+    })
+    .await;
+    mesh.stop().await;
+}

@@ -104,10 +104,36 @@ async fn every_role_serves_prometheus_metrics() {
         ),
         (
             "scheduler",
-            &["aura_build_info", "aura_grpc_server_calls_total", "aura_queue_jobs", "aura_redis_up"],
+            &[
+                "aura_build_info",
+                "aura_grpc_server_calls_total",
+                "aura_queue_jobs",
+                "aura_redis_up",
+                "aura_definition_cache_hits_total",
+                "aura_definition_cache_misses_total",
+            ],
         ),
-        ("worker", &["aura_build_info"]),
-        ("events", &["aura_build_info", "aura_events_subscribers", "aura_events_redis_patterns"]),
+        (
+            "worker",
+            &[
+                "aura_build_info",
+                "aura_worker_capacity",
+                "aura_llm_cache_hits_total",
+                "aura_llm_cache_misses_total",
+            ],
+        ),
+        (
+            "events",
+            &[
+                "aura_build_info",
+                "aura_events_subscribers",
+                "aura_events_redis_patterns",
+                "aura_events_delivered_total",
+                "aura_events_subscribers_cut_off_total",
+                "aura_events_redis_reconnects_total",
+                "aura_events_delivery_lag_seconds_bucket",
+            ],
+        ),
     ];
     for (i, (role, series)) in expected.iter().enumerate() {
         let port = metrics_base + i as u16;

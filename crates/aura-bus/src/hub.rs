@@ -46,6 +46,33 @@ struct Inner {
     reconnects: watch::Sender<u64>,
     next_id: AtomicU64,
     buffer: usize,
+    metrics: HubMetrics,
+}
+
+/// The hub's Prometheus series (registered by the Events service).
+#[derive(Clone, Debug)]
+pub struct HubMetrics {
+    /// Events handed to local subscribers.
+    pub delivered: prometheus_client::metrics::counter::Counter,
+    /// Subscribers cut off for falling behind (told to resume from their offset).
+    pub cut_off: prometheus_client::metrics::counter::Counter,
+    /// Redis subscription (re)connections after the first.
+    pub reconnects: prometheus_client::metrics::counter::Counter,
+    /// Publish (Redis time) → arrival at this hub, seconds.
+    pub lag: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for HubMetrics {
+    fn default() -> Self {
+        HubMetrics {
+            delivered: Default::default(),
+            cut_off: Default::default(),
+            reconnects: Default::default(),
+            lag: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16),
+            ),
+        }
+    }
 }
 
 enum Command {
@@ -77,6 +104,7 @@ impl Hub {
             reconnects: watch::channel(0).0,
             next_id: AtomicU64::new(1),
             buffer,
+            metrics: HubMetrics::default(),
         });
         tokio::spawn(run_connection(inner.clone(), client, command_rx, shutdown));
         Ok(Hub { inner })
@@ -85,6 +113,11 @@ impl Hub {
     /// Number of local subscribers.
     pub fn subscriber_count(&self) -> usize {
         self.inner.subs.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The hub's counters and lag histogram.
+    pub fn metrics(&self) -> &HubMetrics {
+        &self.inner.metrics
     }
 
     /// Number of Redis pattern subscriptions held.
@@ -295,6 +328,9 @@ async fn run_connection(
                 sink.psubscribe(glob).await?;
             }
             inner.reconnects.send_modify(|n| *n += 1);
+            if *inner.reconnects.borrow() > 1 {
+                inner.metrics.reconnects.inc();
+            }
             loop {
                 tokio::select! {
                     cmd = commands.recv() => match cmd {
@@ -343,16 +379,27 @@ fn dispatch(inner: &Inner, msg: redis::Msg) {
         time_ms,
         offset: Offset { epoch: epoch.to_string(), n },
     };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    inner.metrics.lag.observe(now_ms.saturating_sub(time_ms) as f64 / 1000.0);
     let mut subs = inner.subs.lock().unwrap_or_else(|p| p.into_inner());
     let mut cut_off = Vec::new();
     for (id, sub) in subs.iter() {
         if !sub.patterns.iter().any(|p| p.matches(topic)) {
             continue;
         }
-        if let Err(mpsc::error::TrySendError::Full(_)) = sub.tx.try_send(event.clone()) {
-            // A slow subscriber never slows the others: it is cut off and told to resume.
-            sub.lagged.store(true, Ordering::Relaxed);
-            cut_off.push(*id);
+        match sub.tx.try_send(event.clone()) {
+            Ok(()) => {
+                inner.metrics.delivered.inc();
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // A slow subscriber never slows the others: it is cut off and told to resume.
+                sub.lagged.store(true, Ordering::Relaxed);
+                inner.metrics.cut_off.inc();
+                cut_off.push(*id);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
     for id in cut_off {

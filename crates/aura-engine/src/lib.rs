@@ -61,7 +61,12 @@ impl Default for EngineConfig {
 impl Engine {
     /// Assembles the engine.
     pub fn new(queue: aura_queue::Queue, bus: aura_bus::Bus, config: EngineConfig) -> Self {
-        let registry = Arc::new(registry::Registry::new(queue.conn(), &config.prefix));
+        let registry = Arc::new(registry::Registry::new(
+            queue.conn(),
+            &config.prefix,
+            queue.waker(),
+            queue.keys().wake_prefix(),
+        ));
         Engine { queue, bus, registry, config: Arc::new(config) }
     }
 

@@ -1,6 +1,9 @@
 //! Versioned workflow registration. Versions are immutable, so a resolved version is cached
-//! in-process forever; "latest" is cached for a second (how fast a new version reaches
-//! every replica).
+//! in-process forever. "Latest version of X" is cached until a registration anywhere
+//! publishes `<wake prefix>def:<name>`: every replica's pub/sub subscription (the queue's
+//! waker) sees it within milliseconds, so `StartRun` by name costs no Redis read yet a new
+//! version is used at once. A lost subscription invalidates everything (messages may have
+//! been missed), and entries expire after a minute as a last resort.
 
 use std::{
     collections::HashMap,
@@ -15,8 +18,17 @@ use crate::{EngineError, spec::WorkflowSpec};
 
 static REGISTER: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/register.lua")));
 
-/// How long "latest version of X" is trusted from the cache.
-const LATEST_TTL: Duration = Duration::from_secs(1);
+/// How long "latest version of X" is trusted at most, should an invalidation be lost.
+const LATEST_TTL: Duration = Duration::from_secs(60);
+
+/// Definition cache counters (exported by the Scheduler as Prometheus series).
+#[derive(Clone, Debug, Default)]
+pub struct CacheStats {
+    /// Lookups of "latest" answered from memory.
+    pub hits: prometheus_client::metrics::counter::Counter,
+    /// Lookups that read Redis.
+    pub misses: prometheus_client::metrics::counter::Counter,
+}
 
 /// A registered workflow version.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,17 +46,38 @@ pub struct Registry {
     conn: RedisConn,
     prefix: String,
     versions: Mutex<HashMap<(String, u32), Arc<Workflow>>>,
-    latest: Mutex<HashMap<String, (u32, Instant)>>,
+    /// name → (latest version, waker generation when read, read at).
+    latest: Mutex<HashMap<String, (u32, u64, Instant)>>,
+    waker: Arc<aura_queue::wake::Waker>,
+    wake_prefix: String,
+    stats: CacheStats,
 }
 
 impl Registry {
-    pub(crate) fn new(conn: RedisConn, prefix: &str) -> Self {
+    pub(crate) fn new(
+        conn: RedisConn,
+        prefix: &str,
+        waker: Arc<aura_queue::wake::Waker>,
+        wake_prefix: String,
+    ) -> Self {
         Registry {
             conn,
             prefix: prefix.to_string(),
             versions: Mutex::new(HashMap::new()),
             latest: Mutex::new(HashMap::new()),
+            waker,
+            wake_prefix,
+            stats: CacheStats::default(),
         }
+    }
+
+    /// Cache counters.
+    pub fn cache_stats(&self) -> &CacheStats {
+        &self.stats
+    }
+
+    fn lane(name: &str) -> String {
+        format!("def:{name}")
     }
 
     fn def_key(&self, name: &str) -> String {
@@ -67,6 +100,11 @@ impl Registry {
             .invoke_async(&mut conn)
             .await?;
         self.latest.lock().unwrap_or_else(|p| p.into_inner()).remove(&spec.name);
+        if created == 1 {
+            // Every replica drops its cached "latest" for this name.
+            let _: i64 =
+                conn.publish(format!("{}{}", self.wake_prefix, Self::lane(&spec.name)), version).await?;
+        }
         Ok((Workflow { spec: spec.clone(), version, created_at_ms: ts }, created == 1))
     }
 
@@ -95,11 +133,17 @@ impl Registry {
     }
 
     async fn latest_version(&self, name: &str) -> Result<u32, EngineError> {
-        if let Some((v, at)) = self.latest.lock().unwrap_or_else(|p| p.into_inner()).get(name)
+        // Read the generation before Redis: a registration landing in between leaves the
+        // entry stamped with the older generation, so the next lookup reads again.
+        let generation = self.waker.generation(&Self::lane(name));
+        if let Some((v, g, at)) = self.latest.lock().unwrap_or_else(|p| p.into_inner()).get(name)
+            && *g == generation
             && at.elapsed() < LATEST_TTL
         {
+            self.stats.hits.inc();
             return Ok(*v);
         }
+        self.stats.misses.inc();
         let mut conn = self.conn.clone();
         let latest: Option<u32> = conn.hget(self.def_key(name), "latest").await?;
         let latest =
@@ -107,7 +151,7 @@ impl Registry {
         self.latest
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_string(), (latest, Instant::now()));
+            .insert(name.to_string(), (latest, generation, Instant::now()));
         Ok(latest)
     }
 

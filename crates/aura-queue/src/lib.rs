@@ -95,6 +95,12 @@ impl Queue {
         self.conn.clone()
     }
 
+    /// The process's pub/sub fan-out; other caches may invalidate through it: publish to
+    /// `<wake_prefix><lane>` and compare [`Waker::generation`] of `lane`.
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
     fn invocation<'a>(&self, script: &'a redis::Script, p: usize) -> redis::ScriptInvocation<'a> {
         let mut inv = script.key(self.keys.route_key(p));
         inv.arg(self.keys.partition(p)).arg(self.keys.wake_prefix());

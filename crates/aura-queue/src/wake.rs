@@ -86,6 +86,15 @@ impl Waker {
         }
     }
 
+    /// A number that changes whenever `lane` is published to or the subscription was lost
+    /// (messages may have been missed): a cache entry stamped with it is stale once it
+    /// differs. Registers the lane, so the first call only starts counting.
+    pub fn generation(&self, lane: &str) -> u64 {
+        let mut map = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        let lane = *map.entry(lane.to_string()).or_insert_with(|| watch::channel(0).0).borrow();
+        lane.wrapping_add(*self.all.borrow())
+    }
+
     /// Starts watching `lanes`; call before claiming.
     pub fn watch(&self, lanes: &[String]) -> Subscription {
         let mut map = self.lanes.lock().unwrap_or_else(|p| p.into_inner());

@@ -263,6 +263,19 @@ fn hub_gauges(
             "Redis pattern subscriptions held (one per distinct pattern)",
             patterns.clone(),
         );
+        let m = hub.metrics();
+        r.register("events_delivered", "Events handed to local subscribers", m.delivered.clone());
+        r.register(
+            "events_subscribers_cut_off",
+            "Subscribers cut off for falling behind (they resume from their offset)",
+            m.cut_off.clone(),
+        );
+        r.register("events_redis_reconnects", "Redis pub/sub reconnections", m.reconnects.clone());
+        r.register(
+            "events_delivery_lag_seconds",
+            "Time from publish (event time) to arrival at this process",
+            m.lag.clone(),
+        );
     }
     async move {
         loop {

@@ -139,6 +139,17 @@ fn queue_gauges(
             depth.clone(),
         );
         r.register("redis_up", "1 while Redis answers", redis_up.clone());
+        let cache = engine.registry().cache_stats();
+        r.register(
+            "definition_cache_hits",
+            "StartRun lookups of a workflow's latest version answered from memory",
+            cache.hits.clone(),
+        );
+        r.register(
+            "definition_cache_misses",
+            "Lookups of a workflow's latest version that read Redis (first use, or invalidated)",
+            cache.misses.clone(),
+        );
     }
     async move {
         loop {

@@ -177,14 +177,17 @@ fn runner_gauges(
     let in_flight = Family::<KindLabel, Gauge>::default();
     let capacity = Gauge::<i64>::default();
     let outcomes = Family::<OutcomeLabel, Counter>::default();
+    let (llm_hits, llm_misses) = (Counter::<u64>::default(), Counter::<u64>::default());
     {
         let mut r = registry.lock().unwrap_or_else(|p| p.into_inner());
         r.register("worker_tasks_in_flight", "Tasks running now, by step kind", in_flight.clone());
         r.register("worker_capacity", "Most tasks this worker runs at once", capacity.clone());
         r.register("worker_task_attempts", "Task attempts finished, by outcome", outcomes.clone());
+        r.register("llm_cache_hits", "llm steps answered from the Redis cache", llm_hits.clone());
+        r.register("llm_cache_misses", "llm steps that called the model", llm_misses.clone());
     }
     async move {
-        let (mut succeeded, mut failed) = (0, 0);
+        let (mut succeeded, mut failed, mut hits, mut misses) = (0, 0, 0, 0);
         loop {
             let status = runner.status();
             capacity.set(i64::from(status.capacity));
@@ -197,6 +200,10 @@ fn runner_gauges(
             outcomes.get_or_create(&ok).inc_by(status.succeeded.saturating_sub(succeeded));
             outcomes.get_or_create(&err).inc_by(status.failed.saturating_sub(failed));
             (succeeded, failed) = (status.succeeded, status.failed);
+            let (h, m) = runner.llm_cache();
+            llm_hits.inc_by(h.saturating_sub(hits));
+            llm_misses.inc_by(m.saturating_sub(misses));
+            (hits, misses) = (h, m);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -475,6 +475,12 @@ impl Runner {
             .await
     }
 
+    /// LLM response cache (hits, misses) of this process.
+    pub fn llm_cache(&self) -> (u64, u64) {
+        let stats = self.inner.executor.llm_stats();
+        (stats.hits.load(Ordering::Relaxed), stats.misses.load(Ordering::Relaxed))
+    }
+
     /// Capacity and load.
     pub fn status(&self) -> pb::GetStatusResponse {
         let in_flight = self.in_flight();
