@@ -3,6 +3,9 @@
 //! # Layout
 //! - [`v1`] — messages, enums, and the tonic clients and servers of the four services.
 //! - [`FILE_DESCRIPTOR_SET`] — what server reflection serves, so grpcurl can `list`/`describe`.
+//! - [`envoy`] — Envoy's `envoy.service.ratelimit.v3.RateLimitService`, which the Gateway
+//!   serves with `--envoy-rls` (only the messages and fields AURA uses, upstream's numbering),
+//!   and its descriptor set [`ENVOY_FILE_DESCRIPTOR_SET`].
 //! - [`json`] — conversions between `google.protobuf.Struct`/`Value` and `serde_json::Value`.
 #![forbid(unsafe_code)]
 
@@ -16,3 +19,47 @@ pub mod v1 {
 
 /// The encoded `FileDescriptorSet` of every file in `proto/aura/v1`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("aura_descriptor");
+
+/// Envoy's rate limit service contract (packages and field numbers as upstream Envoy's, so an
+/// Envoy or Istio ingress calls the Gateway unchanged). See `proto/envoy/`.
+pub mod envoy {
+    #![allow(clippy::all, missing_docs)]
+
+    /// `envoy.type.v3`.
+    pub mod r#type {
+        /// `envoy.type.v3`.
+        pub mod v3 {
+            // prost names the file after the escaped module path.
+            tonic::include_proto!("envoy.r#type.v3");
+        }
+    }
+
+    /// `envoy.extensions.common.ratelimit.v3`.
+    pub mod extensions {
+        /// `envoy.extensions.common`.
+        pub mod common {
+            /// `envoy.extensions.common.ratelimit`.
+            pub mod ratelimit {
+                /// `envoy.extensions.common.ratelimit.v3`.
+                pub mod v3 {
+                    tonic::include_proto!("envoy.extensions.common.ratelimit.v3");
+                }
+            }
+        }
+    }
+
+    /// `envoy.service.ratelimit.v3`.
+    pub mod service {
+        /// `envoy.service.ratelimit`.
+        pub mod ratelimit {
+            /// `envoy.service.ratelimit.v3`.
+            pub mod v3 {
+                tonic::include_proto!("envoy.service.ratelimit.v3");
+            }
+        }
+    }
+}
+
+/// The encoded `FileDescriptorSet` of every file in `proto/envoy` (reflection on a gateway
+/// that serves the rate limit service).
+pub const ENVOY_FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("envoy_descriptor");

@@ -121,3 +121,34 @@ async fn two_gateways_on_one_redis_admit_the_limit_once_not_twice() {
     stop.cancel();
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn a_method_group_with_its_own_limit_is_refused_while_the_default_group_passes() {
+    let redis = RedisServer::start();
+    let mut mesh =
+        Mesh::start(&redis.url(), MeshOptions { worker_concurrency: 0, ..Default::default() }).await;
+    let addr = mesh
+        .add_gateway(|c| {
+            c.rate_limit = Some(aura_ratelimit::Limit { rps: 1000, burst: 2000 });
+            c.rate_limit_groups = [("tasks".to_string(), aura_ratelimit::Limit { rps: 1, burst: 1 })].into();
+        })
+        .await;
+    let mut gw = client(addr).await;
+    // A poll that answers at once: an empty queue, a wait of 1 ms.
+    let poll = || pb::PollTasksRequest {
+        worker_id: "w".into(),
+        queues: vec!["ext".into()],
+        max_tasks: 1,
+        wait: Some(prost_types::Duration { seconds: 0, nanos: 1_000_000 }),
+    };
+    let first = gw.poll_tasks(poll()).await.expect("the task group's one token");
+    assert_eq!(first.metadata().get("x-ratelimit-limit").unwrap(), "1");
+    let err = gw.poll_tasks(poll()).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("(tasks)"), "{}", err.message());
+    for _ in 0..3 {
+        let resp = gw.list_workflows(pb::ListWorkflowsRequest::default()).await.expect("the default group");
+        assert_eq!(resp.metadata().get("x-ratelimit-limit").unwrap(), "2000");
+    }
+    mesh.stop().await;
+}

@@ -164,10 +164,24 @@ pub struct ServeOpts {
     /// Gateway: burst (bucket capacity) of the default limit [default: 2000].
     #[arg(long, env = "AURA_RATE_LIMIT_BURST")]
     pub rate_limit_burst: Option<u32>,
+    /// Gateway: the limit of one method group (`default`, `tasks`) as `<group>=<rps>/<burst>`,
+    /// e.g. `tasks=5000/10000`; repeatable (the variable takes a comma-separated list). A
+    /// tenant's override in Redis still wins [default: every group at the default limit].
+    #[arg(long = "rate-limit-group", env = "AURA_RATE_LIMIT_GROUPS", value_delimiter = ',')]
+    pub rate_limit_groups: Vec<String>,
     /// Gateway: refuse calls (UNAVAILABLE) while Redis is unreachable, instead of applying the
     /// limit per process.
     #[arg(long, env = "AURA_RATE_LIMIT_FAIL_CLOSED")]
     pub rate_limit_fail_closed: bool,
+    /// Gateway: also serve Envoy's `envoy.service.ratelimit.v3.RateLimitService` on the same
+    /// limiter. It takes no API key: only turn it on where untrusted clients cannot reach the
+    /// gateway's port except through the proxy.
+    #[arg(long, env = "AURA_ENVOY_RLS")]
+    pub envoy_rls: bool,
+    /// Gateway: largest request message accepted, bytes; larger ones get RESOURCE_EXHAUSTED
+    /// [default: 4194304].
+    #[arg(long, env = "AURA_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
     /// Gateway: serve TLS with this PEM certificate chain (needs --tls-key).
     #[arg(long, env = "AURA_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -202,9 +216,30 @@ struct FileConfig {
     api_keys_file: Option<PathBuf>,
     rate_limit_rps: Option<u32>,
     rate_limit_burst: Option<u32>,
+    rate_limit_groups: Option<GroupLimits>,
     rate_limit_fail_closed: Option<bool>,
+    envoy_rls: Option<bool>,
+    max_message_bytes: Option<usize>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+}
+
+/// `rate_limit_groups` in the file: a list (`[tasks=5000/10000]`) or the variable's
+/// comma-separated form.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum GroupLimits {
+    List(Vec<String>),
+    Text(String),
+}
+
+impl GroupLimits {
+    fn items(self) -> Vec<String> {
+        match self {
+            GroupLimits::List(items) => items,
+            GroupLimits::Text(text) => list(&text),
+        }
+    }
 }
 
 /// Resolved settings of a role.
@@ -225,7 +260,10 @@ pub struct Settings {
     pub insecure_no_auth: bool,
     pub api_keys_file: Option<PathBuf>,
     pub rate_limit: Option<aura_ratelimit::Limit>,
+    pub rate_limit_groups: std::collections::BTreeMap<String, aura_ratelimit::Limit>,
     pub rate_limit_fail_closed: bool,
+    pub envoy_rls: bool,
+    pub max_message_bytes: usize,
     pub tls: Option<(PathBuf, PathBuf)>,
 }
 
@@ -247,6 +285,20 @@ impl Settings {
         };
         let partitions = opts.partitions.or(file.partitions).unwrap_or(1);
         anyhow::ensure!((1..=1024).contains(&partitions), "AURA_PARTITIONS / --partitions must be 1-1024");
+        // Flags and the variable (clap) replace the file's list as a whole.
+        let group_items = if opts.rate_limit_groups.is_empty() {
+            file.rate_limit_groups.map(GroupLimits::items)
+        } else {
+            None
+        }
+        .unwrap_or_else(|| opts.rate_limit_groups.clone());
+        let rate_limit_groups = aura_ratelimit::parse_group_limits(&group_items, aura_gateway::METHOD_GROUPS)
+            .map_err(|e| anyhow::anyhow!("AURA_RATE_LIMIT_GROUPS / --rate-limit-group: {e}"))?;
+        let max_message_bytes = opts.max_message_bytes.or(file.max_message_bytes).unwrap_or(4 * 1024 * 1024);
+        anyhow::ensure!(
+            (1024..=1024 * 1024 * 1024).contains(&max_message_bytes),
+            "AURA_MAX_MESSAGE_BYTES / --max-message-bytes must be 1 KiB-1 GiB"
+        );
         let concurrency = opts.concurrency.or(file.concurrency).unwrap_or(64);
         anyhow::ensure!(
             (1..=100_000).contains(&concurrency),
@@ -297,8 +349,11 @@ impl Settings {
                 );
                 (rps > 0).then_some(aura_ratelimit::Limit { rps, burst })
             },
+            rate_limit_groups,
             rate_limit_fail_closed: opts.rate_limit_fail_closed
                 || file.rate_limit_fail_closed.unwrap_or(false),
+            envoy_rls: opts.envoy_rls || file.envoy_rls.unwrap_or(false),
+            max_message_bytes,
             tls: match (opts.tls_cert.clone().or(file.tls_cert), opts.tls_key.clone().or(file.tls_key)) {
                 (Some(cert), Some(key)) => Some((cert, key)),
                 (None, None) => None,
@@ -525,4 +580,49 @@ pub struct RedisOpt {
     /// Redis URL.
     #[arg(long, env = "AURA_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(args: &[&str], yaml: Option<&str>) -> anyhow::Result<Settings> {
+        let file = yaml.map(|text| {
+            let file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(file.path(), text).unwrap();
+            file
+        });
+        let mut argv = vec!["aura", "serve", "gateway"];
+        argv.extend_from_slice(args);
+        let path;
+        if let Some(f) = &file {
+            path = f.path().display().to_string();
+            argv.extend_from_slice(&["--config", &path]);
+        }
+        let Command::Serve { opts, .. } = Cli::try_parse_from(argv)?.command else { unreachable!() };
+        Settings::resolve(&opts)
+    }
+
+    #[test]
+    fn group_limits_come_from_flags_before_the_file() {
+        let limit = |rps, burst| aura_ratelimit::Limit { rps, burst };
+        let s = resolve(&["--rate-limit-group", "tasks=5/10", "--rate-limit-group", "default=1/2"], None)
+            .unwrap();
+        assert_eq!(s.rate_limit_groups["tasks"], limit(5, 10));
+        assert_eq!(s.rate_limit_groups["default"], limit(1, 2));
+        let yaml = "rate_limit_groups: [tasks=7/8]\nenvoy_rls: true\nmax_message_bytes: 65536\n";
+        let s = resolve(&[], Some(yaml)).unwrap();
+        assert_eq!(s.rate_limit_groups["tasks"], limit(7, 8));
+        assert!(s.envoy_rls);
+        assert_eq!(s.max_message_bytes, 65536);
+        let s = resolve(
+            &["--rate-limit-group", "tasks=5/10"],
+            Some("rate_limit_groups: tasks=7/8,default=3/4\n"),
+        )
+        .unwrap();
+        assert_eq!(s.rate_limit_groups.len(), 1, "the flag replaces the file's list");
+        assert_eq!(s.rate_limit_groups["tasks"], limit(5, 10));
+        let err = resolve(&["--rate-limit-group", "taks=5/10"], None).unwrap_err().to_string();
+        assert!(err.contains("--rate-limit-group") && err.contains("unknown method group"), "{err}");
+    }
 }

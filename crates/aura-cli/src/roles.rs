@@ -42,6 +42,9 @@ pub async fn run_role(
                 insecure_no_auth: s.insecure_no_auth,
                 api_keys_file: s.api_keys_file.clone(),
                 rate_limit: s.rate_limit,
+                rate_limit_groups: s.rate_limit_groups.clone(),
+                envoy_rls: s.envoy_rls,
+                max_message_bytes: s.max_message_bytes,
                 tls: s.tls.clone(),
                 rate_limit_fail: if s.rate_limit_fail_closed {
                     aura_ratelimit::FailMode::Closed

@@ -89,7 +89,10 @@ pub async fn run(opts: UpOpts) -> anyhow::Result<()> {
         insecure_no_auth: opts.insecure_no_auth,
         api_keys_file: None,
         rate_limit: Some(aura_ratelimit::Limit { rps: 1000, burst: 2000 }),
+        rate_limit_groups: Default::default(),
         rate_limit_fail_closed: false,
+        envoy_rls: false,
+        max_message_bytes: aura_gateway::Config::default().max_message_bytes,
         tls: None,
     };
     // A development key for tenant `dev`, so the laptop setup is authenticated like production.

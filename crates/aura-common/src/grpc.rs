@@ -79,24 +79,39 @@ pub fn follow_redis<S: NamedService>(
     })
 }
 
-fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+fn reflection_builder(extra: &[&'static [u8]]) -> tonic_reflection::server::Builder<'static> {
     // Both flavours get every descriptor set, or one of them lists only part of the services.
-    tonic_reflection::server::Builder::configure()
+    let mut builder = tonic_reflection::server::Builder::configure()
         .include_reflection_service(false)
         .register_encoded_file_descriptor_set(aura_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
+    for set in extra {
+        builder = builder.register_encoded_file_descriptor_set(set);
+    }
+    builder
 }
 
 /// Server reflection, v1.
 pub fn reflection_v1() -> V1Server<impl V1> {
-    reflection_builder().build_v1().expect("AURA's embedded descriptor sets are valid")
+    reflection_v1_with(&[])
 }
 
 /// Server reflection, v1alpha (older grpcurl and many client libraries use it).
 pub fn reflection_v1alpha() -> V1AlphaServer<impl V1Alpha> {
-    reflection_builder().build_v1alpha().expect("AURA's embedded descriptor sets are valid")
+    reflection_v1alpha_with(&[])
+}
+
+/// Server reflection, v1, also describing the services of `extra` descriptor sets (the
+/// Gateway's optional Envoy rate limit service).
+pub fn reflection_v1_with(extra: &[&'static [u8]]) -> V1Server<impl V1> {
+    reflection_builder(extra).build_v1().expect("AURA's embedded descriptor sets are valid")
+}
+
+/// Server reflection, v1alpha, with `extra` descriptor sets.
+pub fn reflection_v1alpha_with(extra: &[&'static [u8]]) -> V1AlphaServer<impl V1Alpha> {
+    reflection_builder(extra).build_v1alpha().expect("AURA's embedded descriptor sets are valid")
 }
 
 /// A channel balanced over `urls` (`http://host:port`), connecting lazily: a service starts

@@ -10,6 +10,8 @@
 //!   publishing every run and step transition as an event.
 //! - [`metrics`] — per-minute run counters in Redis behind `GetMetrics`.
 //! - [`schedules`] — cron schedules that fire once per tick across replicas.
+//! - [`validate`] — stateless checks of request fields, shared by the Scheduler and the
+//!   Gateway.
 #![forbid(unsafe_code)]
 
 mod error;
@@ -20,6 +22,7 @@ pub mod runs;
 pub mod schedules;
 pub mod spec;
 pub mod tasks;
+pub mod validate;
 
 use std::sync::Arc;
 

@@ -205,21 +205,7 @@ impl Engine {
         if req.workflow_name.is_empty() {
             return Err(EngineError::invalid("workflow_name", "is required"));
         }
-        if !(0..=i32::from(aura_queue::MAX_PRIORITY)).contains(&req.priority) {
-            return Err(EngineError::invalid(
-                "priority",
-                format!("must be 0..={}", aura_queue::MAX_PRIORITY),
-            ));
-        }
-        if req.idempotency_key.len() > 256 {
-            return Err(EngineError::invalid("idempotency_key", "must be at most 256 characters"));
-        }
-        if req.concurrency_key.len() > 128 || req.concurrency_key.chars().any(char::is_control) {
-            return Err(EngineError::invalid("concurrency_key", "must be at most 128 printable characters"));
-        }
-        if req.delay > Duration::from_secs(365 * 24 * 3600) {
-            return Err(EngineError::invalid("delay", "must be at most a year"));
-        }
+        crate::validate::start_options(req.priority, &req.idempotency_key, &req.concurrency_key, req.delay)?;
         let wf = self.registry.get(&req.workflow_name, req.workflow_version).await?;
         let keys = self.queue.keys();
         // A concurrency limit is counted in one place: every run of such a workflow lives in

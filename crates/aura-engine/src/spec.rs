@@ -229,7 +229,7 @@ impl WorkflowSpec {
         let mut ids = HashSet::new();
         for (i, step) in self.steps.iter().enumerate() {
             let field = format!("spec.steps[{i}]");
-            validate_step_id(&format!("{field}.id"), &step.id)?;
+            crate::validate::step_id(&format!("{field}.id"), &step.id)?;
             if !ids.insert(step.id.as_str()) {
                 return Err(EngineError::invalid(
                     format!("{field}.id"),
@@ -307,29 +307,7 @@ impl WorkflowSpec {
 
 /// Workflow names: 1-128 of `[A-Za-z0-9_.-]`, starting with a letter or digit.
 pub fn validate_name(name: &str) -> Result<(), EngineError> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(EngineError::invalid(
-            "spec.name",
-            format!("{name:?} must be 1-128 characters of [A-Za-z0-9_.-], starting with a letter or digit"),
-        ))
-    }
-}
-
-fn validate_step_id(field: &str, id: &str) -> Result<(), EngineError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(EngineError::invalid(field, format!("{id:?} must be 1-64 characters of [A-Za-z0-9_-]")))
-    }
+    crate::validate::workflow_name("spec.name", name)
 }
 
 fn validate_retry(field: &str, r: &RetrySpec) -> Result<(), EngineError> {

@@ -170,19 +170,7 @@ impl Engine {
         wait: Duration,
         cancel: &CancellationToken,
     ) -> Result<Vec<Task>, EngineError> {
-        if queues.is_empty() {
-            return Err(EngineError::invalid(
-                "queues",
-                "name at least one queue (built-in steps are on \"builtin\")",
-            ));
-        }
-        for q in queues {
-            aura_queue::validate_name("queues", q)
-                .map_err(|e| EngineError::invalid("queues", e.to_string()))?;
-        }
-        if max == 0 || max > MAX_TASKS_PER_POLL {
-            return Err(EngineError::invalid("max_tasks", format!("must be 1..={MAX_TASKS_PER_POLL}")));
-        }
+        crate::validate::poll(queues, max)?;
         let claimed = self.queue.claim_blocking(queues, max, wait, cancel).await?;
         let mut tasks = Vec::with_capacity(claimed.len());
         let mut events = Vec::new();

@@ -53,6 +53,9 @@ pub struct Mesh {
     pub worker: Option<SocketAddr>,
     /// Events address.
     pub events: SocketAddr,
+    /// The Prometheus registry of the first scheduler replica: what it saw of each call.
+    pub scheduler_metrics: aura_common::metrics::SharedRegistry,
+    redis_url: String,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -73,12 +76,14 @@ impl Mesh {
         let url = |a: SocketAddr| format!("http://{a}");
 
         let mut schedulers = Vec::new();
-        for _ in 0..options.schedulers.max(1) {
+        let scheduler_metrics = aura_common::metrics::registry();
+        for i in 0..options.schedulers.max(1) {
             let (sl, addr) = bind().await;
             schedulers.push(addr);
             let config = aura_scheduler::Config {
                 redis_url: redis_url.into(),
                 partitions: options.partitions,
+                metrics: if i == 0 { scheduler_metrics.clone() } else { aura_common::metrics::registry() },
                 ..Default::default()
             };
             let token = shutdown.clone();
@@ -129,7 +134,49 @@ impl Mesh {
             }
         }
         let scheduler = schedulers[0];
-        Mesh { gateway, scheduler, schedulers, worker, events, shutdown, tasks }
+        Mesh {
+            gateway,
+            scheduler,
+            schedulers,
+            worker,
+            events,
+            scheduler_metrics,
+            redis_url: redis_url.to_string(),
+            shutdown,
+            tasks,
+        }
+    }
+
+    /// Starts one more gateway in front of this mesh's services (authentication off unless
+    /// `configure` turns it on), stopped with the mesh; returns its address.
+    pub async fn add_gateway(&mut self, configure: impl FnOnce(&mut aura_gateway::Config)) -> SocketAddr {
+        let (listener, addr) = bind().await;
+        let mut config = aura_gateway::Config {
+            scheduler_urls: self.schedulers.iter().map(|a| format!("http://{a}")).collect(),
+            events_urls: vec![format!("http://{}", self.events)],
+            redis_url: self.redis_url.clone(),
+            insecure_no_auth: true,
+            ..Default::default()
+        };
+        configure(&mut config);
+        let token = self.shutdown.clone();
+        self.tasks.push(tokio::spawn(async move {
+            aura_gateway::serve(config, listener, token).await.expect("gateway")
+        }));
+        addr
+    }
+
+    /// How many calls of `method` (e.g. `GetRun`) the first scheduler replica answered, any
+    /// status.
+    pub fn scheduler_calls(&self, method: &str) -> u64 {
+        let mut text = String::new();
+        let registry = self.scheduler_metrics.lock().unwrap_or_else(|p| p.into_inner());
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("metrics encode");
+        let label = format!("method=\"{method}\"");
+        text.lines()
+            .filter(|l| l.starts_with("aura_grpc_server_calls_total{") && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
     }
 
     /// A connected channel to `addr`.

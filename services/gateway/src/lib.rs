@@ -2,20 +2,29 @@
 //! and Events over balanced tonic channels, propagating the caller's deadline.
 //!
 //! # Layout
-//! - [`serve`] — wiring.
+//! - [`serve`] — wiring, and the tower stack read top to bottom.
 //! - `service.rs`: the handlers (forwarding, `WatchRun`).
+//! - `validate.rs`: structural checks of every request before it is forwarded.
 //! - `upstream.rs`: channels to the internal services and deadline propagation.
+//! - `envoy_rls.rs`: Envoy's rate limit service on the same limiter (`--envoy-rls`).
+//! - `size_limit.rs`: over-size requests → RESOURCE_EXHAUSTED.
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod envoy_rls;
 mod service;
+mod size_limit;
 pub mod tenancy;
 mod upstream;
+mod validate;
 
-use std::time::Duration;
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use aura_common::{CancellationToken, grpc};
-use aura_proto::v1::gateway_server::GatewayServer;
+use aura_proto::{
+    envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer,
+    v1::gateway_server::GatewayServer,
+};
 use tokio::net::TcpListener;
 
 pub use service::GatewayService;
@@ -41,10 +50,16 @@ pub struct Config {
     pub prefix: String,
     /// Default per-tenant rate limit (`None`: no limit).
     pub rate_limit: Option<aura_ratelimit::Limit>,
+    /// Limits of method groups ([`METHOD_GROUPS`]) that differ from the default; a
+    /// tenant's override in Redis still wins.
+    pub rate_limit_groups: BTreeMap<String, aura_ratelimit::Limit>,
     /// What the limiter does while Redis is unreachable.
     pub rate_limit_fail: aura_ratelimit::FailMode,
     /// Serve TLS with this PEM certificate chain and private key (files).
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Serve Envoy's `envoy.service.ratelimit.v3.RateLimitService` on the same listener
+    /// (`--envoy-rls`). Off by default: it takes no API key (see [`serve`]).
+    pub envoy_rls: bool,
 }
 
 impl Default for Config {
@@ -59,8 +74,10 @@ impl Default for Config {
             api_keys_file: None,
             prefix: "aura".into(),
             rate_limit: Some(aura_ratelimit::Limit { rps: 1000, burst: 2000 }),
+            rate_limit_groups: BTreeMap::new(),
             rate_limit_fail: aura_ratelimit::FailMode::OpenToLocal,
             tls: None,
+            envoy_rls: false,
         }
     }
 }
@@ -91,12 +108,40 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         shutdown.clone(),
     );
     let key = rate_limit_key();
-    let first_tier = config.rate_limit.map(|limit| aura_ratelimit::first_tier(limit, key.clone()));
-    let global = config.rate_limit.map(|limit| {
-        let limiter =
-            aura_ratelimit::RateLimiter::new(redis.clone(), &config.prefix, limit, config.rate_limit_fail);
-        aura_ratelimit::RateLimitLayer::new(std::sync::Arc::new(limiter), key.clone(), "/aura.v1.Gateway/")
+    // One limiter for the tower layer and Envoy's rate limit service: the same buckets.
+    let limiter = Arc::new(
+        aura_ratelimit::RateLimiter::new(
+            redis.clone(),
+            &config.prefix,
+            // Without a default limit the layer is off and the Envoy service leaves
+            // descriptors without a limit of their own unlimited; this value is then unused.
+            config.rate_limit.unwrap_or(aura_ratelimit::Limit { rps: 1, burst: 1 }),
+            config.rate_limit_fail,
+        )
+        .with_group_limits(config.rate_limit_groups.clone()),
+    );
+    let first_tier = config.rate_limit.map(|default| {
+        // Twice the largest limit of any group, or it would shed calls the global limit admits.
+        let largest = config.rate_limit_groups.values().fold(default, |a, b| aura_ratelimit::Limit {
+            rps: a.rps.max(b.rps),
+            burst: a.burst.max(b.burst),
+        });
+        aura_ratelimit::first_tier(largest, key.clone(), GATEWAY_PATHS)
     });
+    let global = config
+        .rate_limit
+        .map(|_| aura_ratelimit::RateLimitLayer::new(limiter.clone(), key.clone(), GATEWAY_PATHS));
+    let envoy_rls = config.envoy_rls.then(|| {
+        tracing::info!(
+            "serving envoy.service.ratelimit.v3.RateLimitService (no API key; keep it inside the mesh)"
+        );
+        RateLimitServiceServer::new(envoy_rls::EnvoyRateLimit::new(
+            limiter.clone(),
+            config.rate_limit.is_some(),
+        ))
+    });
+    let extra_descriptors: &[&'static [u8]] =
+        if config.envoy_rls { &[aura_proto::ENVOY_FILE_DESCRIPTOR_SET] } else { &[] };
     let (reporter, health) = grpc::health::<GatewayServer<GatewayService>>().await;
     let health_task = grpc::follow_redis::<GatewayServer<GatewayService>>(
         reporter,
@@ -121,22 +166,32 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         .layer(aura_common::telemetry::TraceLayer)
         // Counts and times every call, including refused ones.
         .layer(aura_common::metrics::GrpcMetricsLayer::new(&config.metrics))
-        // Who is calling: UNAUTHENTICATED before anything else is spent on the call.
+        // Over-size requests: RESOURCE_EXHAUSTED naming --max-message-bytes, rather than
+        // tonic's OUT_OF_RANGE, and before the message is buffered.
+        .layer(size_limit::MessageSizeLayer::new(config.max_message_bytes))
+        // Who is calling: UNAUTHENTICATED before anything else is spent on the call. Only
+        // aura.v1.Gateway calls: health, reflection and Envoy's rate limit service take no
+        // key (Envoy calls the latter from inside the mesh, for requests it has not
+        // authenticated yet, and has no AURA key to send).
         .layer(auth::AuthLayer::new(authenticator))
         // In-process first tier (tower-governor, twice the quota per tenant): sheds floods
         // that could never pass the global limit before they cost a Redis round trip.
         .layer(tower::util::option_layer(first_tier))
         // The global limit: one Redis token bucket per tenant and method group, shared by
-        // every gateway replica.
+        // every gateway replica. Both tiers apply to aura.v1.Gateway calls only: Envoy's
+        // rate limit calls are themselves decisions (limiting them would deny requests
+        // because deciding about them was busy) and are not a tenant's traffic.
         .layer(tower::util::option_layer(global))
         .add_service(health)
-        .add_service(grpc::reflection_v1())
-        .add_service(grpc::reflection_v1alpha())
+        .add_service(grpc::reflection_v1_with(extra_descriptors))
+        .add_service(grpc::reflection_v1alpha_with(extra_descriptors))
         .add_service(
             GatewayServer::new(service)
                 .max_decoding_message_size(config.max_message_bytes)
                 .max_encoding_message_size(64 * 1024 * 1024),
         )
+        // Envoy's rate limit service, on the limiter above (`--envoy-rls`).
+        .add_optional_service(envoy_rls)
         .serve_with_incoming_shutdown(grpc::incoming(listener), shutdown.cancelled_owned())
         .await?;
     let _ = health_task.await;
@@ -144,17 +199,26 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     Ok(())
 }
 
-/// Calls count against their tenant (anonymous when auth is off) and method group: the
-/// task API of external workers has its own bucket, so busy workers cannot starve the
-/// control plane.
+/// The paths of the public API: what auth and rate limits apply to.
+const GATEWAY_PATHS: &str = "/aura.v1.Gateway/";
+
+/// The method groups calls are limited in (`--rate-limit-group <group>=<rps>/<burst>`).
+pub const METHOD_GROUPS: &[&str] = &["default", "tasks"];
+
+/// The method group of a gRPC path: the task API of external workers has its own bucket,
+/// so busy workers cannot starve the control plane.
+pub fn method_group(path: &str) -> &'static str {
+    match path.rsplit('/').next() {
+        Some("PollTasks" | "ReportTaskResults" | "HeartbeatTasks") => "tasks",
+        _ => "default",
+    }
+}
+
+/// Calls count against their tenant (anonymous when auth is off) and method group.
 fn rate_limit_key() -> aura_ratelimit::KeyFn {
-    std::sync::Arc::new(|extensions, path| {
+    Arc::new(|extensions, path| {
         let tenant =
             extensions.get::<auth::Tenant>().map_or_else(|| "anonymous".to_string(), |t| t.0.clone());
-        let group = match path.rsplit('/').next() {
-            Some("PollTasks" | "ReportTaskResults" | "HeartbeatTasks") => "tasks",
-            _ => "default",
-        };
-        (tenant, group)
+        (tenant, method_group(path))
     })
 }

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status, transport::Channel};
 use crate::{
     tenancy::{Scope, run_not_found},
     upstream::{DEFAULT_DEADLINE, deadline, upstream},
+    validate::{Check, checked},
 };
 
 /// The Gateway service.
@@ -98,11 +99,13 @@ const POLL_DEADLINE: Duration = Duration::from_secs(70);
 /// Run events after which a watched run's stream ends.
 const FINAL_EVENTS: &[&str] = &["run.succeeded", "run.failed", "run.cancelled"];
 
-/// Splits a request into its tenant scope, deadline and message.
-fn parts<T>(req: Request<T>, default: Duration) -> (Scope, Duration, T) {
+/// Checks a request (INVALID_ARGUMENT before anything is forwarded) and splits it into its
+/// tenant scope, deadline and message.
+fn parts<T: Check>(req: Request<T>, default: Duration) -> Result<(Scope, Duration, T), Status> {
+    checked(req.get_ref())?;
     let scope = Scope::of(&req);
     let within = deadline(&req, default);
-    (scope, within, req.into_inner())
+    Ok((scope, within, req.into_inner()))
 }
 
 fn queue_stats(scope: &Scope, stats: Option<pb::QueueStats>) -> Option<pb::QueueStats> {
@@ -118,7 +121,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         req: Request<pb::RegisterWorkflowRequest>,
     ) -> Result<Response<pb::RegisterWorkflowResponse>, Status> {
-        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE);
+        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE)?;
         if let Some(spec) = &mut msg.spec {
             scope.spec_in(spec);
         }
@@ -133,10 +136,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         req: Request<pb::GetWorkflowRequest>,
     ) -> Result<Response<pb::GetWorkflowResponse>, Status> {
-        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE);
-        if msg.name.is_empty() {
-            return Err(status::invalid_field("name", "is required"));
-        }
+        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE)?;
         let visible = msg.name.clone();
         msg.name = scope.name_in(&msg.name);
         let mut resp = self.scheduler().get_workflow(upstream(msg, within)).await.map_err(|e| {
@@ -156,7 +156,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         req: Request<pb::ListWorkflowsRequest>,
     ) -> Result<Response<pb::ListWorkflowsResponse>, Status> {
-        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE);
+        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE)?;
         // Names sort by tenant prefix, so a tenant's page starts at its own prefix.
         if let Some(tenant) = scope.tenant()
             && msg.page_token.is_empty()
@@ -177,7 +177,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         req: Request<pb::StartRunRequest>,
     ) -> Result<Response<pb::StartRunResponse>, Status> {
-        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE);
+        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE)?;
         scope_start(&scope, &mut msg);
         let mut resp = self.scheduler().start_run(upstream(msg, within)).await?.into_inner();
         if let Some(run) = &mut resp.run {
@@ -190,7 +190,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         req: Request<pb::StartRunsRequest>,
     ) -> Result<Response<pb::StartRunsResponse>, Status> {
-        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE);
+        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE)?;
         for run in &mut msg.runs {
             scope_start(&scope, run);
         }
@@ -198,7 +198,7 @@ impl pb::gateway_server::Gateway for GatewayService {
     }
 
     async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::GetRunResponse>, Status> {
-        let (scope, within, msg) = parts(req, DEFAULT_DEADLINE);
+        let (scope, within, msg) = parts(req, DEFAULT_DEADLINE)?;
         let run = self.owned_run(&scope, &msg.run_id, within).await?;
         Ok(Response::new(pb::GetRunResponse { run: Some(run) }))
     }
@@ -207,7 +207,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         req: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
-        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE);
+        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE)?;
         if scope.tenant().is_some() && msg.workflow_name.is_empty() {
             return Err(status::invalid_field("workflow_name", "name the workflow whose runs to list"));
         }
@@ -221,7 +221,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         req: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
-        let (scope, within, msg) = parts(req, DEFAULT_DEADLINE);
+        let (scope, within, msg) = parts(req, DEFAULT_DEADLINE)?;
         self.owned_run(&scope, &msg.run_id, within).await?;
         let mut resp = self.scheduler().cancel_run(upstream(msg, within)).await?.into_inner();
         if let Some(run) = &mut resp.run {
@@ -233,7 +233,7 @@ impl pb::gateway_server::Gateway for GatewayService {
     type WatchRunStream = EventStream;
 
     async fn watch_run(&self, req: Request<pb::WatchRunRequest>) -> Result<Response<EventStream>, Status> {
-        let (scope, within, msg) = parts(req, DEFAULT_DEADLINE);
+        let (scope, within, msg) = parts(req, DEFAULT_DEADLINE)?;
         // NOT_FOUND (or INVALID_ARGUMENT) up front rather than a stream that never ends.
         self.owned_run(&scope, &msg.run_id, within).await?;
         let subscribe = pb::SubscribeRequest {
@@ -247,7 +247,7 @@ impl pb::gateway_server::Gateway for GatewayService {
     type SubscribeStream = EventStream;
 
     async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Result<Response<EventStream>, Status> {
-        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE);
+        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE)?;
         let mut patterns = Vec::with_capacity(msg.patterns.len());
         for (i, pattern) in msg.patterns.iter().enumerate() {
             let (stored, run) = scope.pattern_in(i, pattern)?;
@@ -264,7 +264,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         req: Request<pb::GetMetricsRequest>,
     ) -> Result<Response<pb::GetMetricsResponse>, Status> {
-        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE);
+        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE)?;
         if scope.tenant().is_some() && msg.workflow_name.is_empty() {
             return Err(status::invalid_field("workflow_name", "name the workflow whose metrics to read"));
         }
@@ -279,7 +279,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         req: Request<pb::PollTasksRequest>,
     ) -> Result<Response<pb::PollTasksResponse>, Status> {
-        let (scope, within, mut msg) = parts(req, POLL_DEADLINE);
+        let (scope, within, mut msg) = parts(req, POLL_DEADLINE)?;
         msg.queues = msg
             .queues
             .iter()
@@ -298,7 +298,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         req: Request<pb::ReportTaskResultsRequest>,
     ) -> Result<Response<pb::ReportTaskResultsResponse>, Status> {
         // Results are fenced by the lease tokens handed out by this tenant's polls.
-        let (_, within, msg) = parts(req, DEFAULT_DEADLINE);
+        let (_, within, msg) = parts(req, DEFAULT_DEADLINE)?;
         self.scheduler().report_task_results(upstream(msg, within)).await
     }
 
@@ -306,7 +306,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         req: Request<pb::HeartbeatTasksRequest>,
     ) -> Result<Response<pb::HeartbeatTasksResponse>, Status> {
-        let (_, within, msg) = parts(req, DEFAULT_DEADLINE);
+        let (_, within, msg) = parts(req, DEFAULT_DEADLINE)?;
         self.scheduler().heartbeat_tasks(upstream(msg, within)).await
     }
 
@@ -314,7 +314,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         req: Request<pb::GetQueueStatsRequest>,
     ) -> Result<Response<pb::GetQueueStatsResponse>, Status> {
-        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE);
+        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE)?;
         msg.queue = scope.queue_in("queue", &msg.queue)?;
         let resp = self.scheduler().get_queue_stats(upstream(msg, within)).await?.into_inner();
         Ok(Response::new(pb::GetQueueStatsResponse { stats: queue_stats(&scope, resp.stats) }))
@@ -324,7 +324,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         req: Request<pb::PauseQueueRequest>,
     ) -> Result<Response<pb::PauseQueueResponse>, Status> {
-        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE);
+        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE)?;
         msg.queue = scope.queue_in("queue", &msg.queue)?;
         let resp = self.scheduler().pause_queue(upstream(msg, within)).await?.into_inner();
         Ok(Response::new(pb::PauseQueueResponse { stats: queue_stats(&scope, resp.stats) }))
@@ -334,7 +334,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         req: Request<pb::ResumeQueueRequest>,
     ) -> Result<Response<pb::ResumeQueueResponse>, Status> {
-        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE);
+        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE)?;
         msg.queue = scope.queue_in("queue", &msg.queue)?;
         let resp = self.scheduler().resume_queue(upstream(msg, within)).await?.into_inner();
         Ok(Response::new(pb::ResumeQueueResponse { stats: queue_stats(&scope, resp.stats) }))
@@ -344,7 +344,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         req: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
-        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE);
+        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE)?;
         msg.queue = scope.queue_in("queue", &msg.queue)?;
         self.scheduler().list_dead_letters(upstream(msg, within)).await
     }
@@ -353,7 +353,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         req: Request<pb::RetryDeadLetterRequest>,
     ) -> Result<Response<pb::RetryDeadLetterResponse>, Status> {
-        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE);
+        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE)?;
         msg.queue = scope.queue_in("queue", &msg.queue)?;
         self.scheduler().retry_dead_letter(upstream(msg, within)).await
     }
@@ -362,7 +362,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         req: Request<pb::CreateScheduleRequest>,
     ) -> Result<Response<pb::CreateScheduleResponse>, Status> {
-        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE);
+        let (scope, within, mut msg) = parts(req, DEFAULT_DEADLINE)?;
         msg.workflow_name = scope.name_in(&msg.workflow_name);
         let mut resp = self.scheduler().create_schedule(upstream(msg, within)).await?.into_inner();
         if let Some(s) = &mut resp.schedule {
@@ -375,7 +375,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         req: Request<pb::ListSchedulesRequest>,
     ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
-        let (scope, within, msg) = parts(req, DEFAULT_DEADLINE);
+        let (scope, within, msg) = parts(req, DEFAULT_DEADLINE)?;
         let mut resp = self.scheduler().list_schedules(upstream(msg, within)).await?.into_inner();
         resp.schedules.retain_mut(|s| scope.schedule_out(s));
         Ok(Response::new(resp))
@@ -385,7 +385,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         req: Request<pb::DeleteScheduleRequest>,
     ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
-        let (scope, within, msg) = parts(req, DEFAULT_DEADLINE);
+        let (scope, within, msg) = parts(req, DEFAULT_DEADLINE)?;
         if scope.tenant().is_some() {
             let all = self
                 .scheduler()

@@ -7,6 +7,7 @@ use aura_engine::{
     Engine,
     runs::ListFilter,
     tasks::{LeaseStatus, TaskFailure, TaskReport},
+    validate,
 };
 use aura_proto::{json, v1 as pb};
 use tonic::{Request, Response, Status};
@@ -30,22 +31,17 @@ impl SchedulerService {
 
 type Reply<T> = Result<Response<T>, Status>;
 
+// The stateless checks are `aura_engine::validate`'s, shared with the Gateway.
 fn page_size(n: u32) -> Result<usize, Status> {
-    match n {
-        0 => Ok(100),
-        1..=1000 => Ok(n as usize),
-        _ => Err(status::invalid_field("page_size", "must be 1-1000")),
-    }
+    validate::page_size(n).map_err(to_status)
 }
 
 fn queue_name(q: &str) -> Result<(), Status> {
-    aura_queue::validate_name("queue", q)
-        .map_err(|e| status::invalid_field("queue", e.to_string().replace("invalid queue: ", "")))
+    validate::queue_name("queue", q).map_err(to_status)
 }
 
-/// Default and cap of PollTasks' wait.
+/// Default of PollTasks' wait.
 const DEFAULT_POLL_WAIT: Duration = Duration::from_secs(20);
-const MAX_POLL_WAIT: Duration = Duration::from_secs(60);
 
 #[tonic::async_trait]
 impl pb::scheduler_server::Scheduler for SchedulerService {
@@ -68,9 +64,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
 
     async fn get_workflow(&self, req: Request<pb::GetWorkflowRequest>) -> Reply<pb::GetWorkflowResponse> {
         let req = req.into_inner();
-        if req.name.is_empty() {
-            return Err(status::invalid_field("name", "is required"));
-        }
+        validate::required("name", &req.name).map_err(to_status)?;
         let wf = self.engine.registry().get(&req.name, req.version).await.map_err(to_status)?;
         Ok(Response::new(pb::GetWorkflowResponse { workflow: Some(workflow_to_pb(&wf)) }))
     }
@@ -100,9 +94,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
 
     async fn start_runs(&self, req: Request<pb::StartRunsRequest>) -> Reply<pb::StartRunsResponse> {
         let runs = req.into_inner().runs;
-        if runs.len() > 1000 {
-            return Err(status::invalid_field("runs", format!("{} runs; at most 1000 per call", runs.len())));
-        }
+        validate::batch("runs", runs.len()).map_err(to_status)?;
         let mut starts = Vec::with_capacity(runs.len());
         // Every run of the batch joins this call's trace.
         let trace_context = aura_common::telemetry::current_context();
@@ -136,9 +128,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
 
     async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Reply<pb::GetRunResponse> {
         let run_id = req.into_inner().run_id;
-        if run_id.is_empty() {
-            return Err(status::invalid_field("run_id", "is required"));
-        }
+        validate::required("run_id", &run_id).map_err(to_status)?;
         let run = self.engine.get_run(&run_id).await.map_err(to_status)?;
         Ok(Response::new(pb::GetRunResponse { run: Some(run_to_pb(&run)) }))
     }
@@ -162,9 +152,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
 
     async fn cancel_run(&self, req: Request<pb::CancelRunRequest>) -> Reply<pb::CancelRunResponse> {
         let req = req.into_inner();
-        if req.run_id.is_empty() {
-            return Err(status::invalid_field("run_id", "is required"));
-        }
+        validate::required("run_id", &req.run_id).map_err(to_status)?;
         let run = self.engine.cancel_run(&req.run_id, &req.reason).await.map_err(to_status)?;
         Ok(Response::new(pb::CancelRunResponse { run: Some(run_to_pb(&run)) }))
     }
@@ -211,9 +199,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
             None => DEFAULT_POLL_WAIT,
             Some(_) => Duration::from_millis(duration_ms("wait", req.wait.as_ref()).map_err(to_status)?),
         };
-        if wait > MAX_POLL_WAIT {
-            return Err(status::invalid_field("wait", "must be at most 60 s"));
-        }
+        validate::poll_wait(wait).map_err(to_status)?;
         let wait = match deadline {
             Some(d) => wait.min(d.saturating_sub(d / 5).saturating_sub(Duration::from_millis(100))),
             None => wait,
@@ -231,9 +217,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         req: Request<pb::ReportTaskResultsRequest>,
     ) -> Reply<pb::ReportTaskResultsResponse> {
         let req = req.into_inner();
-        if req.results.len() > 1000 {
-            return Err(status::invalid_field("results", "at most 1000 per call"));
-        }
+        validate::batch("results", req.results.len()).map_err(to_status)?;
         let mut reports = Vec::with_capacity(req.results.len());
         for (i, r) in req.results.into_iter().enumerate() {
             let outcome = match r.outcome {
@@ -254,12 +238,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
                     return Err(status::invalid_field(format!("results[{i}]"), "set either output or error"));
                 }
             };
-            if r.task_id.is_empty() || r.lease_token.is_empty() {
-                return Err(status::invalid_field(
-                    format!("results[{i}]"),
-                    "task_id and lease_token are required",
-                ));
-            }
+            validate::task_result(i, &r.task_id, &r.lease_token).map_err(to_status)?;
             reports.push(TaskReport { task_id: r.task_id, lease_token: r.lease_token, outcome });
         }
         let acks = self.engine.report_tasks(reports).await.map_err(to_status)?;
@@ -282,9 +261,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
                 Duration::from_millis(duration_ms("extend_by", req.extend_by.as_ref()).map_err(to_status)?)
             }
         };
-        if extend.is_zero() || extend > Duration::from_secs(3600) {
-            return Err(status::invalid_field("extend_by", "must be between 1 ms and 1 h"));
-        }
+        validate::lease_extension(extend).map_err(to_status)?;
         let ids: Vec<String> = req.leases.iter().map(|l| l.task_id.clone()).collect();
         let leases = req.leases.into_iter().map(|l| (l.task_id, l.lease_token)).collect();
         let statuses = self.engine.heartbeat_tasks(leases, extend).await.map_err(to_status)?;
@@ -339,13 +316,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         let req = req.into_inner();
         queue_name(&req.queue)?;
         let limit = page_size(req.page_size)?;
-        let cursor = if req.page_token.is_empty() {
-            (0, 0)
-        } else {
-            let bad = || status::invalid_field("page_token", "malformed; pass next_page_token unchanged");
-            let (p, o) = req.page_token.split_once(':').ok_or_else(bad)?;
-            (p.parse().map_err(|_| bad())?, o.parse().map_err(|_| bad())?)
-        };
+        let cursor = validate::dead_letter_cursor(&req.page_token).map_err(to_status)?;
         let (dead, next) = self
             .engine
             .queue()
@@ -377,11 +348,10 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
     ) -> Reply<pb::RetryDeadLetterResponse> {
         let req = req.into_inner();
         queue_name(&req.queue)?;
-        let ids = match (req.task_id.is_empty(), req.all) {
-            (true, false) => return Err(status::invalid_field("task_id", "name a dead letter, or set all")),
-            (false, true) => return Err(status::invalid_field("all", "set either task_id or all, not both")),
-            (true, true) => None,
-            (false, false) => {
+        validate::retry_target(&req.task_id, req.all).map_err(to_status)?;
+        let ids = match req.all {
+            true => None,
+            false => {
                 let parts = self.engine.queue().keys().partitions();
                 let p = aura_engine::ids::split_task_id(&req.task_id)
                     .and_then(|(run, _)| aura_engine::ids::partition_of_run(run, parts))
@@ -428,9 +398,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         req: Request<pb::DeleteScheduleRequest>,
     ) -> Reply<pb::DeleteScheduleResponse> {
         let id = req.into_inner().schedule_id;
-        if id.is_empty() {
-            return Err(status::invalid_field("schedule_id", "is required"));
-        }
+        validate::required("schedule_id", &id).map_err(to_status)?;
         self.engine.delete_schedule(&id).await.map_err(to_status)?;
         Ok(Response::new(pb::DeleteScheduleResponse {}))
     }

@@ -1,0 +1,289 @@
+//! The decision: one GCRA script on Redis per call, an in-process limiter when Redis is away.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    num::NonZeroU32,
+    sync::{Arc, LazyLock, Mutex},
+    time::{Duration, Instant},
+};
+
+use aura_common::redis::RedisConn;
+use governor::{DefaultKeyedRateLimiter, Quota as GovernorQuota};
+use redis::Script;
+
+use crate::quota::{Limit, Quota, parse_override};
+
+/// How long a decision may wait for Redis before falling back.
+const REDIS_BUDGET: Duration = Duration::from_millis(250);
+
+/// How long a per-tenant override read from Redis is trusted.
+const OVERRIDE_TTL: Duration = Duration::from_secs(1);
+
+static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/gcra.lua")));
+
+/// What to do while Redis is unreachable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailMode {
+    /// Apply the same quota per gateway process (a cluster of N gateways then admits up to
+    /// N times the limit until Redis is back).
+    OpenToLocal,
+    /// Refuse calls with UNAVAILABLE.
+    Closed,
+}
+
+/// A decision.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Go on; `remaining` calls are left in the bucket.
+    Allow {
+        /// The bucket's capacity.
+        limit: u32,
+        /// Tokens left.
+        remaining: u32,
+        /// Until the bucket is full again (zero when the in-process fallback decided).
+        reset_after: Duration,
+    },
+    /// Refused; retry after this long.
+    Deny {
+        /// The bucket's capacity.
+        limit: u32,
+        /// When a token will be there.
+        retry_after: Duration,
+    },
+    /// Redis is away and the mode is fail-closed.
+    Unavailable,
+}
+
+/// Which bucket a call spends from.
+#[derive(Clone, Copy, Debug)]
+pub enum Bucket<'a> {
+    /// A tenant's method group: the gateway's own buckets, with per-tenant overrides.
+    Tenant {
+        /// The tenant.
+        tenant: &'a str,
+        /// The method group (`default`, `tasks`).
+        group: &'a str,
+    },
+    /// An Envoy rate-limit descriptor: a domain and its `(key, value)` entries.
+    Descriptor {
+        /// The descriptor's domain.
+        domain: &'a str,
+        /// Its entries, in order.
+        entries: &'a [(String, String)],
+    },
+}
+
+/// Escapes the separators of a descriptor key, so `a=b,c` as one value and `a=b` + `c` as
+/// two entries cannot share a bucket.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '%' | ':' | '=' | ',' => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Decides calls against buckets in Redis.
+pub struct RateLimiter {
+    conn: RedisConn,
+    prefix: String,
+    /// Of every tenant and group without a more specific limit.
+    default: Limit,
+    /// Per method group, from configuration (`--rate-limit-group`).
+    groups: BTreeMap<String, Limit>,
+    fail: FailMode,
+    /// `tenant:group` → the Redis override found (if any), and when it was read.
+    overrides: Mutex<HashMap<String, (Option<Limit>, Instant)>>,
+    /// In-process buckets used while Redis is away, one keyed limiter per quota.
+    local: Mutex<HashMap<Quota, Arc<DefaultKeyedRateLimiter<String>>>>,
+    /// Set when Redis failed: until then, decide locally without trying Redis (a
+    /// reconnecting Redis must not add latency to every call).
+    redis_down_until: Mutex<Option<Instant>>,
+}
+
+impl RateLimiter {
+    /// A limiter with `default` per tenant and group, and `fail` while Redis is away.
+    pub fn new(conn: RedisConn, prefix: &str, default: Limit, fail: FailMode) -> Self {
+        RateLimiter {
+            conn,
+            prefix: prefix.to_string(),
+            default,
+            groups: BTreeMap::new(),
+            fail,
+            overrides: Mutex::default(),
+            local: Mutex::default(),
+            redis_down_until: Mutex::default(),
+        }
+    }
+
+    /// Per-method-group limits that replace the default for their group.
+    pub fn with_group_limits(mut self, groups: BTreeMap<String, Limit>) -> Self {
+        self.groups = groups;
+        self
+    }
+
+    /// The key holding per-tenant overrides: field `<tenant>` (every group) or
+    /// `<tenant>:<group>`, value `rps,burst`.
+    pub fn overrides_key(&self) -> String {
+        format!("{}:{{rl}}:limits", self.prefix)
+    }
+
+    /// Precedence: the tenant's override for the group, the tenant's override, the group's
+    /// configured limit, the default.
+    fn resolve(&self, over: Option<Limit>, group: &str) -> Limit {
+        over.or_else(|| self.groups.get(group).copied()).unwrap_or(self.default)
+    }
+
+    fn cached_override(&self, field: &str) -> Option<(Option<Limit>, Instant)> {
+        self.overrides.lock().unwrap_or_else(|p| p.into_inner()).get(field).copied()
+    }
+
+    /// The limit of a tenant's group, reading overrides from Redis at most once a second.
+    async fn limit_for(&self, tenant: &str, group: &str) -> Limit {
+        let field = format!("{tenant}:{group}");
+        if let Some((over, at)) = self.cached_override(&field)
+            && at.elapsed() < OVERRIDE_TTL
+        {
+            return self.resolve(over, group);
+        }
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.overrides_key()).arg(&field).arg(tenant);
+        let lookup = cmd.query_async::<Vec<Option<String>>>(&mut conn);
+        let Ok(Ok(found)) = tokio::time::timeout(REDIS_BUDGET, lookup).await else {
+            return self.resolve(None, group);
+        };
+        let over = found.iter().flatten().find_map(|s| parse_override(s));
+        self.overrides.lock().unwrap_or_else(|p| p.into_inner()).insert(field, (over, Instant::now()));
+        self.resolve(over, group)
+    }
+
+    fn redis_is_down(&self) -> bool {
+        let mut down = self.redis_down_until.lock().unwrap_or_else(|p| p.into_inner());
+        match *down {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                *down = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Decides one call of `cost` tokens for `tenant` in method group `group`.
+    pub async fn check(&self, tenant: &str, group: &str, cost: u32) -> Decision {
+        self.check_bucket(Bucket::Tenant { tenant, group }, None, cost).await.1
+    }
+
+    /// Decides `cost` tokens from `bucket`, under `quota` when given (an Envoy descriptor's
+    /// own limit), else under the bucket's configured limit. Returns the quota applied.
+    pub async fn check_bucket(
+        &self,
+        bucket: Bucket<'_>,
+        quota: Option<Quota>,
+        cost: u32,
+    ) -> (Quota, Decision) {
+        let down = self.redis_is_down();
+        let (key, quota) = match bucket {
+            Bucket::Tenant { tenant, group } => {
+                let quota = match quota {
+                    Some(quota) => quota,
+                    // Redis is away: the last override seen, without waiting for Redis.
+                    None if down => {
+                        let over = self.cached_override(&format!("{tenant}:{group}")).and_then(|(l, _)| l);
+                        self.resolve(over, group).into()
+                    }
+                    None => self.limit_for(tenant, group).await.into(),
+                };
+                (format!("{}:{{rl}}:b:{tenant}:{group}", self.prefix), quota)
+            }
+            Bucket::Descriptor { domain, entries } => {
+                let entries: Vec<String> =
+                    entries.iter().map(|(k, v)| format!("{}={}", escape(k), escape(v))).collect();
+                let key = format!("{}:{{rl}}:d:{}:{}", self.prefix, escape(domain), entries.join(","));
+                (key, quota.unwrap_or_else(|| self.default.into()))
+            }
+        };
+        if down {
+            return (quota, self.fallback(&key, quota, cost));
+        }
+        (quota, self.decide(&key, quota, cost).await)
+    }
+
+    async fn decide(&self, key: &str, quota: Quota, cost: u32) -> Decision {
+        let interval_us = quota.per.as_secs_f64() * 1e6 / f64::from(quota.requests.max(1));
+        let mut conn = self.conn.clone();
+        let mut invocation = GCRA.key(key);
+        invocation.arg(interval_us).arg(quota.burst).arg(cost);
+        let call = invocation.invoke_async::<(i64, i64, i64, i64)>(&mut conn);
+        // A limiter must not make calls wait for a reconnecting Redis: past the budget it
+        // decides without Redis.
+        let reply = match tokio::time::timeout(REDIS_BUDGET, call).await {
+            Ok(reply) => reply.map_err(|e| e.to_string()),
+            Err(_) => Err("no answer within the limiter's budget".to_string()),
+        };
+        let micros = |us: i64| Duration::from_micros(us.max(0) as u64);
+        match reply {
+            Ok((1, remaining, _, reset_us)) => Decision::Allow {
+                limit: quota.burst,
+                remaining: remaining.clamp(0, i64::from(u32::MAX)) as u32,
+                reset_after: micros(reset_us),
+            },
+            Ok((_, _, retry_us, _)) => Decision::Deny { limit: quota.burst, retry_after: micros(retry_us) },
+            Err(err) => {
+                tracing::warn!(%err, "rate limiter cannot reach redis; deciding locally for a second");
+                *self.redis_down_until.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Instant::now() + Duration::from_secs(1));
+                self.fallback(key, quota, cost)
+            }
+        }
+    }
+
+    fn fallback(&self, key: &str, quota: Quota, cost: u32) -> Decision {
+        match self.fail {
+            FailMode::Closed => Decision::Unavailable,
+            FailMode::OpenToLocal => self.check_local(key, quota, cost),
+        }
+    }
+
+    fn check_local(&self, key: &str, quota: Quota, cost: u32) -> Decision {
+        let limiter = self
+            .local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(quota)
+            .or_insert_with(|| {
+                let period = quota.interval().max(Duration::from_nanos(1));
+                let local = GovernorQuota::with_period(period)
+                    .expect("a non-zero period")
+                    .allow_burst(NonZeroU32::new(quota.burst).unwrap_or(NonZeroU32::MIN));
+                Arc::new(DefaultKeyedRateLimiter::keyed(local))
+            })
+            .clone();
+        let cost = NonZeroU32::new(cost).unwrap_or(NonZeroU32::MIN);
+        match limiter.check_key_n(&key.to_string(), cost) {
+            Ok(Ok(())) => Decision::Allow { limit: quota.burst, remaining: 0, reset_after: Duration::ZERO },
+            Ok(Err(not_until)) => Decision::Deny {
+                limit: quota.burst,
+                retry_after: not_until
+                    .wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default())),
+            },
+            // More than the bucket holds: never, as on Redis; say "a full unit".
+            Err(_) => Decision::Deny { limit: quota.burst, retry_after: quota.per },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn descriptor_separators_are_escaped() {
+        assert_eq!(escape("a=b,c:d%"), "a%3Db%2Cc%3Ad%25");
+        assert_eq!(escape("plain/path"), "plain/path");
+    }
+}
