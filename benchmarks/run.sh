@@ -23,7 +23,8 @@ if [[ "${BENCH_NO_PEER:-}" != "1" && "${BENCH_NO_PEER:-}" != "true" ]]; then
   fi
 fi
 
-cargo build --release -p aura-bench
+# aura-bench, and the `aura` binary the memory scenario runs as one process per role.
+cargo build --release -p aura-bench -p aura-cli
 bin="${CARGO_TARGET_DIR:-target}/release/aura-bench"
 
 # What to print as "reproduce with": the BENCH_* variables in effect and the arguments.
@@ -37,9 +38,9 @@ if [[ "${BENCH_NO_MESH:-}" != "1" ]]; then
   out="${BENCH_OUT:-benchmarks/RESULTS.md}"
   {
     echo
-    echo "## 2–3. Whole mesh (one process, private redis-server, one-step noop workflow)"
+    echo "## 2–3, 6–7. Whole mesh, rate limiter, memory (private redis-server, one-step noop workflow)"
     echo
-    echo "Compare with BullMQ's end-to-end jobs/s in section 1 (same machine, same invocation)."
+    echo "Compare with BullMQ's end-to-end jobs/s in section 1 (same machine, same invocation). The mesh runs in one process (Gateway, Scheduler, Worker, Events on loopback gRPC) except the memory rows, which run each role as its own release \`aura serve\` process."
     echo
     AURA_LOG=warn "${CARGO_TARGET_DIR:-target}/release/aura-bench-mesh"
   } >> "$out"

@@ -31,5 +31,5 @@ pub use error::ConfigError;
 pub use layer::{
     FirstTier, KeyFn, OnlyUnder, OnlyUnderService, RateLimitLayer, RateLimitService, TenantKey, first_tier,
 };
-pub use limiter::{Bucket, Decision, FailMode, RateLimiter};
+pub use limiter::{Bucket, Decision, FailMode, GCRA_SOURCE, RateLimiter};
 pub use quota::{Limit, Quota, parse_group_limits};

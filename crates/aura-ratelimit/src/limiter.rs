@@ -19,7 +19,10 @@ const REDIS_BUDGET: Duration = Duration::from_millis(250);
 /// How long a per-tenant override read from Redis is trusted.
 const OVERRIDE_TTL: Duration = Duration::from_secs(1);
 
-static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/gcra.lua")));
+/// The decision script's source (benchmarks load it to compare with `redis-benchmark`).
+pub const GCRA_SOURCE: &str = include_str!("lua/gcra.lua");
+
+static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(GCRA_SOURCE));
 
 /// What to do while Redis is unreachable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

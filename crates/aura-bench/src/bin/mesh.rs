@@ -14,6 +14,11 @@
 
 use std::time::{Duration, Instant};
 
+// Shared with `aura-bench` (the same INFO parsing for both tables); this binary uses part.
+#[allow(dead_code)]
+#[path = "../redis_stats.rs"]
+mod redis_stats;
+
 use aura_proto::{json, v1 as pb};
 use aura_testkit::{
     RedisServer,
@@ -52,15 +57,17 @@ async fn main() -> anyhow::Result<()> {
     let options = MeshOptions { worker_concurrency: 256, rate_limit: Some(limit), ..Default::default() };
     let mesh = Mesh::start(&redis.url(), options).await;
     let mut gw = mesh.gateway().await;
-    let wf = pb::WorkflowSpec {
-        name: "bench".into(),
-        steps: vec![pb::StepSpec { id: "s".into(), kind: "noop".into(), ..Default::default() }],
-        ..Default::default()
-    };
-    gw.register_workflow(pb::RegisterWorkflowRequest { spec: Some(wf) }).await?;
+    register_bench(&mut gw).await?;
     let input = || json::json_to_struct(&serde_json::json!({"i": 1}));
 
-    // 1. bulk.
+    // 1. bulk, with Redis's own account of the work (commandstats and CPU) around it.
+    let mut admin = redis::Client::open(redis.url())?.get_multiplexed_async_connection().await?;
+    let info = |mut conn: redis::aio::MultiplexedConnection| async move {
+        let text: String = redis::cmd("INFO").arg("commandstats").arg("cpu").query_async(&mut conn).await?;
+        Ok::<_, redis::RedisError>(redis_stats::parse_info(&text))
+    };
+    let () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut admin).await?;
+    let cpu_start = info(admin.clone()).await?.cpu_s;
     let start = Instant::now();
     for _ in 0..n / 1000 {
         let runs = (0..1000)
@@ -76,29 +83,11 @@ async fn main() -> anyhow::Result<()> {
     let submitted = start.elapsed();
     wait_completed(&mut gw, n as u64).await;
     let bulk = start.elapsed();
+    let redis_work = redis_stats::PhaseStats::new(&info(admin.clone()).await?, cpu_start);
 
     // 2. 64 concurrent clients, one run per call.
-    let start = Instant::now();
     let per_client = n / 64;
-    let mut tasks = Vec::new();
-    for _ in 0..64 {
-        let mut client = mesh.gateway().await;
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..per_client {
-                let req = pb::StartRunRequest {
-                    workflow_name: "bench".into(),
-                    input: json::json_to_struct(&serde_json::json!({"i": 1})),
-                    ..Default::default()
-                };
-                client.start_run(req).await.expect("StartRun");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await?;
-    }
-    wait_completed(&mut gw, (n + per_client * 64) as u64).await;
-    let concurrent = start.elapsed();
+    let concurrent = concurrent_runs(&mesh, per_client, n as u64).await?;
 
     // 3. latency.
     let mut samples = Vec::with_capacity(latency_n);
@@ -138,6 +127,28 @@ async fn main() -> anyhow::Result<()> {
         percentile(&samples, 99.0)
     );
 
+    let per_run = |x: f64| x / n as f64;
+    let script = redis_work.script();
+    println!(
+        "| bulk: Redis commands per run (incl. inside scripts; the polling of this harness included) | {:.1} |",
+        per_run(redis_work.total_calls() as f64)
+    );
+    println!("| bulk: script calls per run | {:.2} |", per_run(script.calls as f64));
+    println!(
+        "| bulk: Redis CPU µs per run → one-Redis-core ceiling, runs/s | {:.1} → {:.0} |",
+        per_run(redis_work.redis_cpu_s * 1e6),
+        n as f64 / redis_work.redis_cpu_s.max(1e-9)
+    );
+    println!(
+        "| bulk: Redis cores busy (CPU-seconds / wall-seconds) | {:.2} |",
+        redis_work.redis_cpu_s / bulk.as_secs_f64()
+    );
+    let mut top: Vec<_> = redis_work.commands.iter().collect();
+    top.sort_by_key(|(_, c)| std::cmp::Reverse(c.calls));
+    let top: Vec<String> =
+        top.iter().take(10).map(|(name, c)| format!("{name} {:.2}", per_run(c.calls as f64))).collect();
+    println!("| bulk: most frequent commands per run | {} |", top.join(", "));
+
     for subscribers in [1, 1000] {
         let aura = aura_event_latency(&mesh, subscribers, 50, 500).await?;
         let raw = raw_latency(&redis.url(), subscribers, 50, 500).await?;
@@ -151,7 +162,263 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     mesh.stop().await;
+
+    // 6. the rate limiter: the concurrent scenario with and without it (alternating, fresh
+    // Redis state each time), and raw decisions/s next to redis-benchmark's EVALSHA.
+    let pairs = env_usize("BENCH_LIMITER_PAIRS", 3);
+    let lim_runs = env_usize("BENCH_LIMITER_RUNS", 6_400) / 64;
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..pairs {
+        for limited in [true, false] {
+            let rate = fresh_mesh_concurrent(&redis.url(), limited, lim_runs).await?;
+            if limited { on.push(rate) } else { off.push(rate) }
+        }
+    }
+    let ratios: Vec<f64> = on.iter().zip(&off).map(|(a, b)| a / b).collect();
+    println!(
+        "| limiter: concurrent StartRun → succeeded, runs/s with / without the limiter ({} runs, {pairs} pairs, median) | {:.0} / {:.0} (cost {:.1}%) |",
+        lim_runs * 64,
+        median(&on),
+        median(&off),
+        (1.0 - median(&ratios)) * 100.0
+    );
+    let (ours, peer) = limiter_decisions(&redis).await?;
+    println!(
+        "| limiter: decisions/s, RateLimiter::check from 50 tasks vs redis-benchmark -c 50 EVALSHA of the same script | {ours:.0} vs {peer:.0} ({:.2}×) |",
+        ours / peer
+    );
+
+    // 7. memory, with each role in its own process.
+    match memory(n).await {
+        Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+        Err(err) => println!("| memory | not measured: {err} |"),
+    }
     Ok(())
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+async fn register_bench(gw: &mut GatewayClient<Channel>) -> anyhow::Result<()> {
+    let wf = pb::WorkflowSpec {
+        name: "bench".into(),
+        steps: vec![pb::StepSpec { id: "s".into(), kind: "noop".into(), ..Default::default() }],
+        ..Default::default()
+    };
+    gw.register_workflow(pb::RegisterWorkflowRequest { spec: Some(wf) }).await?;
+    Ok(())
+}
+
+/// 64 clients, `per_client` StartRun calls each; runs/s until the queue's completed count
+/// reaches `already + 64 * per_client`.
+async fn concurrent_runs(mesh: &Mesh, per_client: usize, already: u64) -> anyhow::Result<Duration> {
+    let mut gw = mesh.gateway().await;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let mut client = mesh.gateway().await;
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per_client {
+                let req = pb::StartRunRequest {
+                    workflow_name: "bench".into(),
+                    input: json::json_to_struct(&serde_json::json!({"i": 1})),
+                    ..Default::default()
+                };
+                client.start_run(req).await.expect("StartRun");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    wait_completed(&mut gw, already + (per_client * 64) as u64).await;
+    Ok(start.elapsed())
+}
+
+/// The concurrent scenario on a new mesh over a flushed Redis, limiter on or off.
+async fn fresh_mesh_concurrent(redis_url: &str, limited: bool, per_client: usize) -> anyhow::Result<f64> {
+    let mut admin = redis::Client::open(redis_url)?.get_multiplexed_async_connection().await?;
+    let () = redis::cmd("FLUSHALL").query_async(&mut admin).await?;
+    let limit = aura_ratelimit::Limit { rps: 10_000_000, burst: 10_000_000 };
+    let options =
+        MeshOptions { worker_concurrency: 256, rate_limit: limited.then_some(limit), ..Default::default() };
+    let mesh = Mesh::start(redis_url, options).await;
+    register_bench(&mut mesh.gateway().await).await?;
+    let took = concurrent_runs(&mesh, per_client, 0).await?;
+    mesh.stop().await;
+    Ok((per_client * 64) as f64 / took.as_secs_f64())
+}
+
+/// Decisions/s of `RateLimiter::check` (50 tasks, one bucket, always allowed) and of
+/// redis-benchmark sending EVALSHA of the same script with 50 connections.
+async fn limiter_decisions(redis: &RedisServer) -> anyhow::Result<(f64, f64)> {
+    let conn = aura_common::redis::connect(&redis.url()).await?;
+    let limit = aura_ratelimit::Limit { rps: 1_000_000_000, burst: 1_000_000_000 };
+    let limiter = std::sync::Arc::new(aura_ratelimit::RateLimiter::new(
+        conn,
+        "bench",
+        limit,
+        aura_ratelimit::FailMode::Closed,
+    ));
+    let seconds = 3.0;
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let limiter = limiter.clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let d = limiter.check("bench", "default", 1).await;
+                    assert!(matches!(d, aura_ratelimit::Decision::Allow { .. }), "{d:?}");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await?;
+    }
+    let ours = total as f64 / seconds;
+
+    let mut admin = redis::Client::open(redis.url())?.get_multiplexed_async_connection().await?;
+    let sha: String =
+        redis::cmd("SCRIPT").arg("LOAD").arg(aura_ratelimit::GCRA_SOURCE).query_async(&mut admin).await?;
+    let out = std::process::Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &redis.port().to_string(), "-c", "50", "-n", "300000", "-q"])
+        .args(["EVALSHA", &sha, "1", "bench:{rl}:b:peer:default", "0.001", "1000000000", "1"])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let peer = text
+        .rsplit("requests per second")
+        .nth(1)
+        .and_then(|before| before.rsplit([' ', ':']).find(|w| !w.is_empty()))
+        .and_then(|w| w.parse::<f64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("cannot read redis-benchmark's output: {text}"))?;
+    Ok((ours, peer))
+}
+
+/// The `aura` release binary next to this one (benchmarks/run.sh builds both), or $AURA_BIN.
+fn aura_bin() -> anyhow::Result<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("AURA_BIN") {
+        return Ok(p.into());
+    }
+    let bin = std::env::current_exe()?.with_file_name("aura");
+    anyhow::ensure!(bin.exists(), "{} is missing (cargo build --release -p aura-cli)", bin.display());
+    Ok(bin)
+}
+
+/// `VmRSS` and `VmHWM` (peak) of a process, MiB.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Idle and peak RSS of each role as its own `aura serve` process (release build) on a
+/// fresh redis-server, the peak over `n` bulk runs through them; plus that run's runs/s.
+async fn memory(n: usize) -> anyhow::Result<Vec<String>> {
+    let bin = aura_bin()?;
+    let redis = RedisServer::start();
+    let port = |_| aura_testkit::free_port();
+    let addrs: Vec<std::net::SocketAddr> =
+        (0..4).map(port).map(|p| format!("127.0.0.1:{p}").parse().unwrap()).collect();
+    let (gw_addr, sched_addr, worker_addr, events_addr) = (addrs[0], addrs[1], addrs[2], addrs[3]);
+    let spawn = |role: &str, addr: std::net::SocketAddr, extra: &[String]| {
+        std::process::Command::new(&bin)
+            .args(["serve", role, "--redis-url", &redis.url(), "--listen", &addr.to_string()])
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("AURA_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map(Killed)
+    };
+    let scheduler = spawn("scheduler", sched_addr, &[])?;
+    let events = spawn("events", events_addr, &[])?;
+    let worker = spawn(
+        "worker",
+        worker_addr,
+        &["--scheduler-url".into(), format!("http://{sched_addr}"), "--concurrency".into(), "256".into()],
+    )?;
+    let gateway = spawn(
+        "gateway",
+        gw_addr,
+        &[
+            "--scheduler-url".into(),
+            format!("http://{sched_addr}"),
+            "--events-url".into(),
+            format!("http://{events_addr}"),
+            "--insecure-no-auth".into(),
+            "--rate-limit-rps".into(),
+            "10000000".into(),
+            "--rate-limit-burst".into(),
+            "10000000".into(),
+        ],
+    )?;
+    for addr in &addrs {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Mesh::health(*addr, "").await != Some(1) {
+            anyhow::ensure!(Instant::now() < deadline, "{addr} did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let procs = [("gateway", &gateway), ("scheduler", &scheduler), ("worker", &worker), ("events", &events)];
+    // Idle: serving and connected, after a moment with nothing to do.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle: Vec<f64> = procs.iter().map(|(_, p)| rss_mib(p.0.id()).0).collect();
+
+    let mut gw = GatewayClient::new(Mesh::channel(gw_addr).await);
+    register_bench(&mut gw).await?;
+    let start = Instant::now();
+    for _ in 0..n / 1000 {
+        let runs = (0..1000)
+            .map(|i| pb::StartRunRequest {
+                workflow_name: "bench".into(),
+                input: json::json_to_struct(&serde_json::json!({"i": i})),
+                ..Default::default()
+            })
+            .collect();
+        gw.start_runs(pb::StartRunsRequest { runs }).await?;
+    }
+    wait_completed(&mut gw, (n / 1000 * 1000) as u64).await;
+    let took = start.elapsed();
+    let peak: Vec<f64> = procs.iter().map(|(_, p)| rss_mib(p.0.id()).1).collect();
+    let names: Vec<&str> = procs.iter().map(|(name, _)| *name).collect();
+    let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(" / ");
+    Ok(vec![
+        format!(
+            "| memory: idle RSS MiB, {} (release, one process each) | {} |",
+            names.join(" / "),
+            fmt(&idle)
+        ),
+        format!("| memory: peak RSS MiB over {n} bulk runs, same order | {} |", fmt(&peak)),
+        format!(
+            "| bulk with each role in its own process: {n} runs via StartRuns → all succeeded, runs/s | {:.0} |",
+            n as f64 / took.as_secs_f64()
+        ),
+    ])
 }
 
 /// Publish → delivery latencies (ms) through AURA's Events service.
