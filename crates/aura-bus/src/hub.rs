@@ -360,11 +360,20 @@ async fn run_connection(
     }
 }
 
+/// One live message holds one or more records of its topic, newline-separated (a batch
+/// publish sends each topic's events in one PUBLISH), in offset order.
 fn dispatch(inner: &Inner, msg: redis::Msg) {
     let prefix = inner.bus.channel_prefix();
     let channel = msg.get_channel_name();
     let Some(topic) = channel.strip_prefix(prefix.as_str()) else { return };
     let Ok(body) = msg.get_payload::<String>() else { return };
+    for record in body.split('\n') {
+        dispatch_record(inner, topic, record);
+    }
+}
+
+/// One record: `epoch|n|time_ms|type|payload`.
+fn dispatch_record(inner: &Inner, topic: &str, body: &str) {
     let mut parts = body.splitn(5, '|');
     let (Some(epoch), Some(n), Some(time), Some(event_type), Some(payload)) =
         (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())

@@ -151,6 +151,12 @@ impl Bus {
             if event_type.is_empty() || event_type.len() > 128 {
                 return Err(BusError::Invalid("event type must be 1-128 characters".into()));
             }
+            // They delimit records of the live messages.
+            if event_type.chars().any(|c| c == '|' || c.is_control()) {
+                return Err(BusError::Invalid(
+                    "event type must not contain '|' or control characters".into(),
+                ));
+            }
             if !payload.is_object() {
                 return Err(BusError::Invalid("payload must be a JSON object".into()));
             }

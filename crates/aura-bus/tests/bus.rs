@@ -222,3 +222,42 @@ async fn a_stalled_subscriber_costs_bounded_memory() {
     }
     assert!(matches!(last, Some(Err(BusError::Lagged { .. }))), "{last:?}");
 }
+
+#[tokio::test]
+async fn a_batch_over_two_topics_arrives_live_and_in_history_with_contiguous_offsets() {
+    let redis = RedisServer::start();
+    let (bus, hub) = setup(&redis, Retention::default()).await;
+    let mut live = hub.subscribe(patterns(&["batch.*"]), Start::Live, 256).unwrap();
+    wait_subscribed(&hub, &bus).await;
+    bus.publish("batch.a", "first", &json!({"i": 0})).await.unwrap();
+    // Interleaved topics; payloads with the characters that delimit live records.
+    let batch: Vec<(String, String, serde_json::Value)> = (1..=8)
+        .map(|i| {
+            let topic = if i % 3 == 0 { "batch.b" } else { "batch.a" };
+            (topic.to_string(), format!("e{i}"), json!({"i": i, "text": "a|b\nc"}))
+        })
+        .collect();
+    let offsets = bus.publish_batch(&batch).await.unwrap();
+    let numbers: Vec<u64> = offsets.iter().map(|o| o.n).collect();
+    // batch.a: 1 before the batch, then 2..=7 for its six events; batch.b: 1, 2.
+    assert_eq!(numbers, vec![2, 3, 1, 4, 5, 2, 6, 7]);
+    let mut got = Vec::new();
+    for _ in 0..9 {
+        let event =
+            tokio::time::timeout(Duration::from_secs(5), live.recv()).await.unwrap().unwrap().unwrap();
+        got.push((event.topic.clone(), event.offset.n, event.payload["i"].as_i64().unwrap()));
+        if event.payload["i"] != 0 {
+            assert_eq!(event.payload["text"], "a|b\nc", "payload intact");
+        }
+    }
+    let per_topic =
+        |t: &str| got.iter().filter(|(topic, ..)| topic == t).map(|(_, n, i)| (*n, *i)).collect::<Vec<_>>();
+    assert_eq!(per_topic("batch.a"), vec![(1, 0), (2, 1), (3, 2), (4, 4), (5, 5), (6, 7), (7, 8)]);
+    assert_eq!(per_topic("batch.b"), vec![(1, 3), (2, 6)]);
+    let (history, _) = bus.history("batch.a", None, 100).await.unwrap();
+    let history: Vec<u64> = history.iter().map(|e| e.offset.n).collect();
+    assert_eq!(history, (1..=7).collect::<Vec<_>>());
+    // Types may not hold the record delimiters.
+    assert!(matches!(bus.publish("batch.a", "bad|type", &json!({})).await, Err(BusError::Invalid(_))));
+    assert!(matches!(bus.publish("batch.a", "bad\ntype", &json!({})).await, Err(BusError::Invalid(_))));
+}

@@ -162,6 +162,9 @@ impl pb::events_server::Events for EventsService {
         if req.r#type.is_empty() || req.r#type.len() > 128 {
             return Err(status::invalid_field("type", "must be 1-128 characters"));
         }
+        if req.r#type.chars().any(|c| c == '|' || c.is_control()) {
+            return Err(status::invalid_field("type", "must not contain '|' or control characters"));
+        }
         let offset = self.bus.publish(&req.topic, &req.r#type, &payload).await.map_err(to_status)?;
         Ok(Response::new(pb::PublishResponse { offset: offset.to_string() }))
     }

@@ -81,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(resp.results.iter().all(|r| r.code == 0), "a StartRuns item failed");
     }
     let submitted = start.elapsed();
+    let submit_work = redis_stats::PhaseStats::new(&info(admin.clone()).await?, cpu_start);
     wait_completed(&mut gw, n as u64).await;
     let bulk = start.elapsed();
     let redis_work = redis_stats::PhaseStats::new(&info(admin.clone()).await?, cpu_start);
@@ -143,11 +144,25 @@ async fn main() -> anyhow::Result<()> {
         "| bulk: Redis cores busy (CPU-seconds / wall-seconds) | {:.2} |",
         redis_work.redis_cpu_s / bulk.as_secs_f64()
     );
+    println!(
+        "| bulk: of which submitting (StartRuns): commands, script µs, Redis CPU µs per run | {:.1}, {:.1}, {:.1} |",
+        per_run(submit_work.total_calls() as f64),
+        per_run(submit_work.script().usec as f64),
+        per_run(submit_work.redis_cpu_s * 1e6)
+    );
     let mut top: Vec<_> = redis_work.commands.iter().collect();
     top.sort_by_key(|(_, c)| std::cmp::Reverse(c.calls));
     let top: Vec<String> =
         top.iter().take(10).map(|(name, c)| format!("{name} {:.2}", per_run(c.calls as f64))).collect();
     println!("| bulk: most frequent commands per run | {} |", top.join(", "));
+    let mut by_time: Vec<_> = redis_work.commands.iter().collect();
+    by_time.sort_by_key(|(_, c)| std::cmp::Reverse(c.usec));
+    let by_time: Vec<String> =
+        by_time.iter().take(8).map(|(name, c)| format!("{name} {:.1}", per_run(c.usec as f64))).collect();
+    println!(
+        "| bulk: Redis µs per run by command (commandstats; a script's time includes its nested calls) | {} |",
+        by_time.join(", ")
+    );
 
     for subscribers in [1, 1000] {
         let aura = aura_event_latency(&mesh, subscribers, 50, 500).await?;

@@ -9,36 +9,61 @@
 -- Returns  per event: {epoch, n, time ms}
 --
 -- Each topic numbers its events 1, 2, 3... (counter "<stream>:n") and uses "<n>-0" as the
--- stream id, so offsets are contiguous and a trimmed gap is detectable exactly. The epoch
+-- stream id, so offsets are contiguous and a trimmed gap is detectable exactly. A batch
+-- reserves each topic's numbers with one INCRBY and sends each topic's events in one
+-- PUBLISH (records "epoch|n|ms|type|payload" joined by newlines; payloads are compact JSON,
+-- types hold no newline or '|'): per event only the XADD remains. The epoch
 -- ("<stream>:epoch") is new whenever the topic's history is new: a subscriber holding an
 -- offset from a history Redis lost (restart without persistence, flush) can tell.
 local channel_prefix, maxlen, max_idle, fresh = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
--- A batch often holds many events of one topic: read its epoch once.
-local epochs = {}
+-- Pass 1: how many events each topic gets in this batch.
+local count, order = {}, {}
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local o = 5 + (i - 1) * 3
-  local topic, etype, payload = ARGV[o], ARGV[o + 1], ARGV[o + 2]
-  local epoch = epochs[key] or redis.call('GET', key .. ':epoch')
+  if not count[key] then order[#order + 1] = key end
+  count[key] = (count[key] or 0) + 1
+end
+-- Per topic: its epoch (new history when it has none) and its first number.
+local epochs, next_n = {}, {}
+for _, key in ipairs(order) do
+  local epoch = redis.call('GET', key .. ':epoch')
   if not epoch then
     epoch = fresh
     redis.call('SET', key .. ':epoch', epoch)
     redis.call('DEL', key, key .. ':n')
   end
   epochs[key] = epoch
-  local n = redis.call('INCR', key .. ':n')
-  redis.call('XADD', key, 'MAXLEN', '~', maxlen, n .. '-0', 't', etype, 'p', payload, 'ts', now)
-  -- The idle timer is refreshed every 64th event (and at the first): three commands per
-  -- event were most of a busy topic's cost, and a topic that stays busy never expires.
-  if n % 64 == 1 then
+  local last = redis.call('INCRBY', key .. ':n', count[key])
+  next_n[key] = last - count[key] + 1
+  -- The idle timer is refreshed when the numbers cross a multiple of 64 (and at the
+  -- first): a topic that stays busy never expires, and a quiet one expires after max_idle.
+  if math.floor((last - 1) / 64) ~= math.floor((next_n[key] - 2) / 64) or next_n[key] == 1 then
     redis.call('PEXPIRE', key, max_idle)
     redis.call('PEXPIRE', key .. ':epoch', max_idle)
     redis.call('PEXPIRE', key .. ':n', max_idle)
   end
-  redis.call('PUBLISH', channel_prefix .. topic, epoch .. '|' .. n .. '|' .. now .. '|' .. etype .. '|' .. payload)
+end
+-- Pass 2: append in order; gather each topic's live records.
+local out, records, channels = {}, {}, {}
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local o = 5 + (i - 1) * 3
+  local topic, etype, payload = ARGV[o], ARGV[o + 1], ARGV[o + 2]
+  local n, epoch = next_n[key], epochs[key]
+  next_n[key] = n + 1
+  redis.call('XADD', key, 'MAXLEN', '~', maxlen, n .. '-0', 't', etype, 'p', payload, 'ts', now)
+  local list = records[key]
+  if not list then
+    list = {}
+    records[key] = list
+    channels[key] = channel_prefix .. topic
+  end
+  list[#list + 1] = epoch .. '|' .. n .. '|' .. now .. '|' .. etype .. '|' .. payload
   out[#out + 1] = {epoch, n, now}
+end
+for _, key in ipairs(order) do
+  redis.call('PUBLISH', channels[key], table.concat(records[key], '\n'))
 end
 return out
