@@ -100,6 +100,7 @@ async fn every_role_serves_prometheus_metrics() {
                 "aura_build_info",
                 "aura_grpc_server_calls_total",
                 "aura_grpc_server_call_duration_seconds_bucket",
+                "aura_ratelimit_decisions_total",
             ],
         ),
         (

@@ -216,6 +216,7 @@ where
             rpc.method = %method,
             rpc.grpc.status_code = tracing::field::Empty,
             trace_id = tracing::field::Empty,
+            tenant = tracing::field::Empty,
         );
         set_parent_from_headers(&span, req.headers());
         // The handler may do work before its future is first polled: enter for that too.

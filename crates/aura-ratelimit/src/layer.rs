@@ -10,6 +10,17 @@ use crate::{Decision, Limit, RateLimiter};
 /// Who a call counts against: (tenant, method group).
 pub type KeyFn = Arc<dyn Fn(&http::Extensions, &str) -> (String, &'static str) + Send + Sync>;
 
+/// Labels of the decision counter: method group and outcome (tenants are left out: their
+/// number is unbounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct DecisionLabels {
+    group: &'static str,
+    decision: &'static str,
+}
+
+type Decisions =
+    prometheus_client::metrics::family::Family<DecisionLabels, prometheus_client::metrics::counter::Counter>;
+
 /// The global limit as a tower layer (see the crate docs).
 #[derive(Clone)]
 pub struct RateLimitLayer {
@@ -18,12 +29,23 @@ pub struct RateLimitLayer {
     /// Only paths with this prefix are limited (health, reflection and Envoy's rate limit
     /// service are not).
     path_prefix: &'static str,
+    decisions: Decisions,
 }
 
 impl RateLimitLayer {
     /// Limits calls under `path_prefix`, keyed by `key`.
     pub fn new(limiter: Arc<RateLimiter>, key: KeyFn, path_prefix: &'static str) -> Self {
-        RateLimitLayer { limiter, key, path_prefix }
+        RateLimitLayer { limiter, key, path_prefix, decisions: Decisions::default() }
+    }
+
+    /// Counts decisions as `ratelimit_decisions_total{group, decision}` in `registry`.
+    pub fn with_metrics(self, registry: &aura_common::metrics::SharedRegistry) -> Self {
+        registry.lock().unwrap_or_else(|p| p.into_inner()).register(
+            "ratelimit_decisions",
+            "Global rate-limit decisions by method group: allowed, denied, unavailable (fail-closed)",
+            self.decisions.clone(),
+        );
+        self
     }
 }
 
@@ -70,7 +92,14 @@ where
         let layer = self.layer.clone();
         Box::pin(async move {
             let (tenant, group) = (layer.key)(req.extensions(), req.uri().path());
-            match layer.limiter.check(&tenant, group, 1).await {
+            let decision = layer.limiter.check(&tenant, group, 1).await;
+            let outcome = match decision {
+                Decision::Allow { .. } => "allowed",
+                Decision::Deny { .. } => "denied",
+                Decision::Unavailable => "unavailable",
+            };
+            layer.decisions.get_or_create(&DecisionLabels { group, decision: outcome }).inc();
+            match decision {
                 Decision::Allow { limit, remaining, .. } => {
                     let mut resp = inner.call(req).await?;
                     resp.headers_mut().insert("x-ratelimit-limit", header(limit));

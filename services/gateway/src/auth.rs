@@ -132,6 +132,8 @@ where
             let header = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
             match auth.authenticate(header.as_deref()).await {
                 Ok(tenant) => {
+                    // Every log line of this call names the tenant (the call's span has it).
+                    tracing::Span::current().record("tenant", tenant.0.as_str());
                     req.extensions_mut().insert(tenant);
                     inner.call(req).await
                 }

@@ -128,9 +128,10 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         });
         aura_ratelimit::first_tier(largest, key.clone(), GATEWAY_PATHS)
     });
-    let global = config
-        .rate_limit
-        .map(|_| aura_ratelimit::RateLimitLayer::new(limiter.clone(), key.clone(), GATEWAY_PATHS));
+    let global = config.rate_limit.map(|_| {
+        aura_ratelimit::RateLimitLayer::new(limiter.clone(), key.clone(), GATEWAY_PATHS)
+            .with_metrics(&config.metrics)
+    });
     let envoy_rls = config.envoy_rls.then(|| {
         tracing::info!(
             "serving envoy.service.ratelimit.v3.RateLimitService (no API key; keep it inside the mesh)"
