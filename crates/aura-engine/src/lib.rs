@@ -32,9 +32,10 @@ pub use error::EngineError;
 #[derive(Clone)]
 pub struct Engine {
     pub(crate) queue: aura_queue::Queue,
-    pub(crate) bus: aura_bus::Bus,
     pub(crate) registry: Arc<registry::Registry>,
     pub(crate) config: Arc<EngineConfig>,
+    /// Lifecycle events for `workflows.<name>` and run metrics (see `tasks::run_emitter`).
+    pub(crate) emitter: tokio::sync::mpsc::Sender<Vec<tasks::LifecycleEvent>>,
 }
 
 /// Tunables, with defaults that suit a laptop and a small cluster alike.
@@ -62,7 +63,7 @@ impl Default for EngineConfig {
 }
 
 impl Engine {
-    /// Assembles the engine.
+    /// Assembles the engine; starts its event emitter (so: inside a tokio runtime).
     pub fn new(queue: aura_queue::Queue, bus: aura_bus::Bus, config: EngineConfig) -> Self {
         let registry = Arc::new(registry::Registry::new(
             queue.conn(),
@@ -70,7 +71,10 @@ impl Engine {
             queue.waker(),
             queue.keys().wake_prefix(),
         ));
-        Engine { queue, bus, registry, config: Arc::new(config) }
+        // Bounded: when Redis falls far behind, transitions wait rather than memory grow.
+        let (emitter, rx) = tokio::sync::mpsc::channel(4096);
+        tokio::spawn(tasks::run_emitter(bus, queue.conn(), config.prefix.clone(), rx));
+        Engine { queue, registry, config: Arc::new(config), emitter }
     }
 
     /// The queue underneath (for admin calls: stats, pause, dead letters).

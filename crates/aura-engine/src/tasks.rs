@@ -119,45 +119,15 @@ impl LifecycleEvent {
 pub const MAX_TASKS_PER_POLL: usize = 1000;
 
 impl Engine {
-    /// Republishes lifecycle events on `workflows.<name>` (an aggregate: best effort, and
-    /// events of concurrent runs interleave) and counts run outcomes for metrics. A failure
-    /// here is logged, not returned: the transition it describes is already committed.
+    /// Hands lifecycle events to this engine's emitter, which republishes them on
+    /// `workflows.<name>` and counts run outcomes, in order, off the caller's path (see
+    /// [`run_emitter`]). Waits only when the emitter is far behind (backpressure).
     pub(crate) async fn emit(&self, events: Vec<LifecycleEvent>) {
         if events.is_empty() {
             return;
         }
-        let mut batch = Vec::with_capacity(events.len());
-        let mut counts: HashMap<(String, String), u64> = HashMap::new();
-        let now_ms = aura_queue::now_ms();
-        for e in &events {
-            batch.push((format!("workflows.{}", e.workflow), e.event_type.to_string(), e.payload.clone()));
-            // A run counts as started when accepted (`run.queued`), not at its first claim.
-            let counted = match e.event_type {
-                "run.queued" => Some("started"),
-                "run.succeeded" => Some("succeeded"),
-                "run.failed" => Some("failed"),
-                "run.cancelled" => Some("cancelled"),
-                "step.retrying" => Some("retried"),
-                _ => None,
-            };
-            if let Some(what) = counted {
-                *counts.entry((e.workflow.clone(), what.to_string())).or_default() += 1;
-            }
-            // A finished run's duration, from acceptance (its id's timestamp) to now.
-            if matches!(e.event_type, "run.succeeded" | "run.failed")
-                && let Some(created) = e.payload["run_id"].as_str().and_then(ids::created_ms)
-            {
-                let bucket = crate::metrics::duration_bucket(now_ms.saturating_sub(created));
-                *counts.entry((e.workflow.clone(), format!("d{bucket}"))).or_default() += 1;
-            }
-        }
-        if let Err(err) = self.bus.publish_batch(&batch).await {
-            tracing::warn!(%err, events = batch.len(), "publishing lifecycle events failed");
-        }
-        if !counts.is_empty()
-            && let Err(err) = crate::metrics::record(&self.queue.conn(), &self.config.prefix, &counts).await
-        {
-            tracing::warn!(%err, "recording run metrics failed");
+        if self.emitter.send(events).await.is_err() {
+            tracing::warn!("the lifecycle event emitter has stopped; events not republished");
         }
     }
 
@@ -283,23 +253,23 @@ impl Engine {
             }
         }
         let mut events = Vec::new();
-        let runs: Vec<(usize, String)> = completions
+        // Completions (the common case) come back with their run's workflow name; only
+        // failures need it read.
+        let runs: Vec<(usize, String)> = failures
             .iter()
-            .map(|(_, c)| &c.lease)
-            .chain(failures.iter().map(|(_, f)| &f.lease))
+            .map(|(_, f)| &f.lease)
             .filter_map(|l| ids::split_task_id(&l.id).map(|(run, _)| (l.partition, run.to_string())))
             .collect();
-        let workflows = self.workflows_of(&runs).await;
+        let workflows = if runs.is_empty() { HashMap::new() } else { self.workflows_of(&runs).await };
         let name_of = |run_id: &str| workflows.get(run_id).cloned().unwrap_or_default();
         if !completions.is_empty() {
             let (idx, items): (Vec<usize>, Vec<_>) = completions.into_iter().unzip();
             let outcomes = self.queue.complete(items.clone()).await?;
             for ((i, item), outcome) in idx.into_iter().zip(items).zip(outcomes) {
                 match outcome {
-                    aura_queue::CompleteOutcome::Recorded { ready, flow_state } => {
+                    aura_queue::CompleteOutcome::Recorded { ready, flow_state, flow_index: wf } => {
                         acks[i].accepted = true;
                         let (run_id, step_id) = ids::split_task_id(&item.lease.id).unwrap_or_default();
-                        let wf = name_of(run_id);
                         events.push(LifecycleEvent::step(run_id, &wf, step_id, "step.succeeded", json!({})));
                         for dep in ready {
                             let (_, dep_step) = ids::split_task_id(&dep).unwrap_or_default();
@@ -475,4 +445,66 @@ fn failure_events(
         aura_queue::FailOutcome::Refused(_) => {}
     }
     events
+}
+
+/// Most events published in one script call by the emitter.
+const EMIT_BATCH: usize = 2000;
+
+/// Republishes lifecycle events on `workflows.<name>` (an aggregate: best effort, and events
+/// of concurrent runs interleave) and counts run outcomes for metrics, in the order they
+/// were emitted. One task per engine, so a run's events keep their order on the aggregate
+/// topic, yet no request waits for these writes: a run's own topic (`runs.<id>`) is already
+/// written inside the transition scripts. Whatever queued up meanwhile goes out as one
+/// batch: under load, one script call carries many events. A failure is logged, not
+/// retried: the transitions these events describe are already committed.
+pub(crate) async fn run_emitter(
+    bus: aura_bus::Bus,
+    conn: aura_common::redis::RedisConn,
+    prefix: String,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<LifecycleEvent>>,
+) {
+    while let Some(mut events) = rx.recv().await {
+        while events.len() < EMIT_BATCH {
+            match rx.try_recv() {
+                Ok(more) => events.extend(more),
+                Err(_) => break,
+            }
+        }
+        let mut batch = Vec::with_capacity(events.len());
+        let mut counts: HashMap<(String, String), u64> = HashMap::new();
+        let now_ms = aura_queue::now_ms();
+        for e in events {
+            // A run counts as started when accepted (`run.queued`), not at its first claim.
+            let counted = match e.event_type {
+                "run.queued" => Some("started"),
+                "run.succeeded" => Some("succeeded"),
+                "run.failed" => Some("failed"),
+                "run.cancelled" => Some("cancelled"),
+                "step.retrying" => Some("retried"),
+                _ => None,
+            };
+            if let Some(what) = counted {
+                *counts.entry((e.workflow.clone(), what.to_string())).or_default() += 1;
+            }
+            // A finished run's duration, from acceptance (its id's timestamp) to now.
+            if matches!(e.event_type, "run.succeeded" | "run.failed")
+                && let Some(created) = e.payload["run_id"].as_str().and_then(ids::created_ms)
+            {
+                let bucket = crate::metrics::duration_bucket(now_ms.saturating_sub(created));
+                *counts.entry((e.workflow.clone(), format!("d{bucket}"))).or_default() += 1;
+            }
+            batch.push((format!("workflows.{}", e.workflow), e.event_type.to_string(), e.payload));
+        }
+        let publish = bus.publish_batch(&batch);
+        let record = async {
+            if counts.is_empty() { Ok(()) } else { crate::metrics::record(&conn, &prefix, &counts).await }
+        };
+        let (published, recorded) = tokio::join!(publish, record);
+        if let Err(err) = published {
+            tracing::warn!(%err, events = batch.len(), "publishing lifecycle events failed");
+        }
+        if let Err(err) = recorded {
+            tracing::warn!(%err, "recording run metrics failed");
+        }
+    }
 }

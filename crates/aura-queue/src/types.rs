@@ -256,6 +256,8 @@ pub enum CompleteOutcome {
         ready: Vec<String>,
         /// `succeeded` when this was the flow's last job, else empty.
         flow_state: String,
+        /// The flow's index name (a run's workflow), '' for plain jobs.
+        flow_index: String,
     },
     /// Refused: `stale lease`, `cancelled` or `unknown task`.
     Refused(String),
@@ -407,7 +409,11 @@ pub(crate) fn parse_complete(reply: Value) -> Result<Vec<CompleteOutcome>> {
         .map(|item| {
             let f = items(item)?;
             if get::<i64>(&f[0])? == 1 {
-                Ok(CompleteOutcome::Recorded { ready: get(&f[1])?, flow_state: get(&f[2])? })
+                Ok(CompleteOutcome::Recorded {
+                    ready: get(&f[1])?,
+                    flow_state: get(&f[2])?,
+                    flow_index: get(&f[3])?,
+                })
             } else {
                 Ok(CompleteOutcome::Refused(get(&f[1])?))
             }

@@ -377,7 +377,11 @@ async fn fan_in_is_enqueued_exactly_once_under_racing_parents_on(url: &str) {
         assert_eq!(join[0].parent_results.len(), 8);
         let done =
             q.complete(vec![Completion { lease: join[0].lease.clone(), result: "j".into() }]).await.unwrap();
-        assert_eq!(done[0], CompleteOutcome::Recorded { ready: vec![], flow_state: "succeeded".into() });
+        assert!(
+            matches!(&done[0], CompleteOutcome::Recorded { ready, flow_state, .. } if ready.is_empty() && flow_state == "succeeded"),
+            "{:?}",
+            done[0]
+        );
     }
 }
 

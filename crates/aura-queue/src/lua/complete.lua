@@ -3,7 +3,8 @@
 -- that makes each result recorded exactly once.
 -- KEYS[1]  P.."seq"
 -- ARGV[1]  P      ARGV[2]  WAKE      ARGV[3]  n, then per job: id, token, result
--- Returns  per job: {1, ready_dependents, flow_state} when recorded,
+-- Returns  per job: {1, ready_dependents, flow_state, flow_index} when recorded (the
+--          flow's index name, read anyway for its events: callers need no second read),
 --          {0, reason} when refused.
 local P, WAKE, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
@@ -31,11 +32,11 @@ for i = 0, n - 1 do
       local ready = {}
       emit(P, WAKE, flow, 'step.succeeded', {step_id = step_of(id)}, now)
       release_dependents(P, WAKE, flow, id, now, false, ready, nil)
-      out[#out + 1] = {1, ready, settle_flow(P, WAKE, flow, now, 1)}
+      out[#out + 1] = {1, ready, settle_flow(P, WAKE, flow, now, 1), emit_cache[flow][2]}
     else
       done[#done + 1] = now_s
       done[#done + 1] = id
-      out[#out + 1] = {1, {}, ''}
+      out[#out + 1] = {1, {}, '', ''}
     end
   end
 end
