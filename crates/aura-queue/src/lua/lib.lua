@@ -87,16 +87,19 @@ end
 -- Per script call: a flow's epoch and workflow name, read once however many events it gets.
 local emit_cache = {}
 
+-- The epoch is also kept in the flow hash (field `ev`, written with the flow), so one HMGET
+-- reads both; flows from before that field existed fall back to the epoch key.
 local function emit(P, WAKE, flow, etype, fields, now)
   local key = P .. 'ev:runs.' .. flow
   local cached = emit_cache[flow]
   if cached == nil then
-    local epoch = redis.call('GET', key .. ':epoch')
+    local f = redis.call('HMGET', P .. 'f:' .. flow, 'ix', 'ev')
+    local epoch = f[2] or redis.call('GET', key .. ':epoch')
     if not epoch then
       epoch = string.format('%x', now)
       redis.call('SET', key .. ':epoch', epoch)
     end
-    cached = {epoch, redis.call('HGET', P .. 'f:' .. flow, 'ix') or ''}
+    cached = {epoch, f[1] or ''}
     emit_cache[flow] = cached
   end
   local epoch = cached[1]

@@ -41,6 +41,11 @@ for i = 4, #ARGV do
         for _, suffix in ipairs({'', ':epoch', ':n'}) do
           redis.call('PERSIST', P .. 'ev:runs.' .. flow .. suffix)
         end
+        -- Its history may have expired meanwhile: then the topic starts a new epoch (emit
+        -- falls back to the epoch key, absent, and writes a fresh one).
+        if redis.call('EXISTS', P .. 'ev:runs.' .. flow .. ':epoch') == 0 then
+          redis.call('HDEL', fk, 'ev')
+        end
         emit(P, WAKE, flow, 'run.reopened', {step_id = step_of(id)}, now_ms())
       end
     end

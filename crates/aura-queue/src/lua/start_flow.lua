@@ -37,9 +37,15 @@ if limit > 0 then
     admitted = false
   end
 end
+-- A new flow starts a new event history: its epoch is written once here (the key aura-bus
+-- reads, and the flow hash for emit), so emit reads nothing for this flow in this call.
+local epoch = string.format('%x', now)
+redis.call('SET', P .. 'ev:runs.' .. flow .. ':epoch', epoch)
+emit_cache[flow] = {epoch, index}
 redis.call('HSET', fk, 'state', 'pending', 'pending', n, 'jobs', table.concat(ids, ','),
   'meta', ARGV[6], 'in', ARGV[7], 'ts', now, 'p', prio, 'idem', idem, 'ix', index,
-  'gated', (limit > 0) and '1' or '0', 'admitted', admitted and '1' or '0', 'delay', delay)
+  'gated', (limit > 0) and '1' or '0', 'admitted', admitted and '1' or '0', 'delay', delay,
+  'ev', epoch)
 if admitted then
   emit(P, WAKE, flow, 'run.queued', {}, now)
 else
