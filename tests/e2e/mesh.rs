@@ -309,3 +309,37 @@ async fn a_new_version_reaches_every_scheduler_replica_through_pub_sub() {
     .await;
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn start_run_answers_what_get_run_then_reads() {
+    let redis = RedisServer::start();
+    // No worker polls the "nobody" queue, so the run stays as it was created.
+    let mesh = Mesh::start(&redis.url(), MeshOptions::default()).await;
+    let mut gw = mesh.gateway().await;
+    let mut wf = spec(json!({"name": "still", "steps": [
+        {"id": "a", "kind": "external", "config": {"queue": "nobody"}},
+        {"id": "b", "kind": "external", "config": {"queue": "nobody"}, "depends_on": ["a"]},
+    ]}));
+    wf.max_concurrent_runs = 1;
+    gw.register_workflow(pb::RegisterWorkflowRequest { spec: Some(wf) }).await.unwrap();
+    let start = |key: &str| pb::StartRunRequest {
+        workflow_name: "still".into(),
+        input: input(json!({"order": 7})),
+        priority: 9,
+        idempotency_key: key.into(),
+        ..Default::default()
+    };
+    // The first run is admitted; the second waits for the concurrency limit (all blocked).
+    for key in ["first", "second"] {
+        let started = gw.start_run(start(key)).await.unwrap().into_inner();
+        assert!(started.created);
+        let answered = started.run.unwrap();
+        let read = gw.get_run(pb::GetRunRequest { run_id: answered.run_id.clone() }).await.unwrap();
+        assert_eq!(answered, read.into_inner().run.unwrap(), "StartRun's run equals GetRun's ({key})");
+        // A repeat of the key answers the same run.
+        let again = gw.start_run(start(key)).await.unwrap().into_inner();
+        assert!(!again.created);
+        assert_eq!(again.run.unwrap().run_id, answered.run_id);
+    }
+    mesh.stop().await;
+}

@@ -145,6 +145,10 @@ pub struct Started {
     pub run_id: String,
     /// False for a repeated idempotency key.
     pub created: bool,
+    /// A created run as it stands at creation, built from what the start script returned
+    /// (so `StartRun` answers without reading the run back). `None` for an existing run:
+    /// read it.
+    pub view: Option<RunView>,
 }
 
 /// Listing filters.
@@ -220,6 +224,7 @@ impl Engine {
         };
         let run_id = ids::run_id(partition);
         let spec = &wf.spec;
+        let input = &req.input;
         let dependents = spec.dependents();
         let jobs = spec
             .steps
@@ -256,7 +261,7 @@ impl Engine {
             idempotency_key: req.idempotency_key.clone(),
             idempotency_ttl: self.config.idempotency_ttl,
             meta,
-            input: Json::Object(req.input).to_string(),
+            input: serde_json::to_string(input).expect("a JSON map serialises"),
             delay: req.delay,
             priority: req.priority as u16,
             index: spec.name.clone(),
@@ -266,6 +271,40 @@ impl Engine {
             jobs,
         };
         let start = self.queue.start_flow(partition, flow).await?;
+        let view = start.created.then(|| RunView {
+            run_id: start.flow_id.clone(),
+            workflow_name: spec.name.clone(),
+            workflow_version: wf.version,
+            state: RunState::Pending,
+            input: input.clone(),
+            steps: spec
+                .steps
+                .iter()
+                .map(|step| StepView {
+                    step_id: step.id.clone(),
+                    kind: step.kind.clone(),
+                    // As start_flow sets them: roots ready (or delayed: also "queued")
+                    // unless the run waits for its workflow's concurrency limit.
+                    state: if start.admitted && step.depends_on.is_empty() {
+                        StepState::Queued
+                    } else {
+                        StepState::Blocked
+                    },
+                    attempts: 0,
+                    output: None,
+                    error: String::new(),
+                    started_at_ms: 0,
+                    finished_at_ms: 0,
+                })
+                .collect(),
+            output: None,
+            error: String::new(),
+            created_at_ms: start.created_at_ms,
+            started_at_ms: 0,
+            finished_at_ms: 0,
+            priority: req.priority as u16,
+            idempotency_key: req.idempotency_key.clone(),
+        });
         let event = start.created.then(|| {
             LifecycleEvent::run(
                 &start.flow_id,
@@ -274,7 +313,7 @@ impl Engine {
                 json!({"workflow_version": wf.version}),
             )
         });
-        Ok((Started { run_id: start.flow_id, created: start.created }, event))
+        Ok((Started { run_id: start.flow_id, created: start.created, view }, event))
     }
 
     fn partition_of(&self, run_id: &str) -> Result<usize, EngineError> {

@@ -175,8 +175,7 @@ impl Queue {
                 .arg(job.release_delay.as_millis() as u64);
         }
         let mut conn = self.conn.clone();
-        let (created, id): (i64, String) = inv.invoke_async(&mut conn).await?;
-        Ok(FlowStart { created: created == 1, flow_id: id })
+        types::parse_flow_start(inv.invoke_async(&mut conn).await?)
     }
 
     /// Claims up to `max` ready jobs from `queues` without waiting. Partitions are visited

@@ -190,6 +190,10 @@ pub struct FlowStart {
     pub created: bool,
     /// The created (or existing) flow id.
     pub flow_id: String,
+    /// Creation time (Redis clock, ms) of a created flow; 0 for an existing one.
+    pub created_at_ms: u64,
+    /// A created flow's roots are ready (false: it waits for its index's concurrency limit).
+    pub admitted: bool,
 }
 
 /// A claimed job's lease: what complete/fail/heartbeat need.
@@ -401,6 +405,22 @@ pub(crate) fn parse_claim(partition: usize, reply: Value) -> Result<(Vec<Claimed
         });
     }
     Ok((jobs, next_at))
+}
+
+pub(crate) fn parse_flow_start(reply: Value) -> Result<FlowStart> {
+    let f = items(reply)?;
+    if f.len() < 2 {
+        return Err(QueueError::Protocol("start_flow reply".into()));
+    }
+    let created = get::<i64>(&f[0])? == 1;
+    let flow_id = get(&f[1])?;
+    if !created {
+        return Ok(FlowStart { created, flow_id, created_at_ms: 0, admitted: false });
+    }
+    let (Some(ts), Some(admitted)) = (f.get(2), f.get(3)) else {
+        return Err(QueueError::Protocol("start_flow reply".into()));
+    };
+    Ok(FlowStart { created, flow_id, created_at_ms: get(ts)?, admitted: get::<i64>(admitted)? == 1 })
 }
 
 pub(crate) fn parse_complete(reply: Value) -> Result<Vec<CompleteOutcome>> {

@@ -398,7 +398,10 @@ async fn flow_idempotency_and_cancellation_on(url: &str) {
     assert!(q.start_flow(0, flow.clone()).await.unwrap().created);
     let mut again = diamond("b", 2);
     again.idempotency_key = "key-1".into();
-    assert_eq!(q.start_flow(0, again).await.unwrap(), FlowStart { created: false, flow_id: "a".into() });
+    assert_eq!(
+        q.start_flow(0, again).await.unwrap(),
+        FlowStart { created: false, flow_id: "a".into(), created_at_ms: 0, admitted: false }
+    );
 
     let running = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
     assert!(running.flow_started);

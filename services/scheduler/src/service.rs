@@ -88,7 +88,11 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         let mut start = start_from_pb(req.into_inner()).map_err(to_status)?;
         start.trace_context = aura_common::telemetry::current_context();
         let started = self.engine.start_run(start).await.map_err(to_status)?;
-        let run = self.engine.get_run(&started.run_id).await.map_err(to_status)?;
+        let run = match started.view {
+            Some(run) => run,
+            // A repeated idempotency key: the existing run, as it stands now.
+            None => self.engine.get_run(&started.run_id).await.map_err(to_status)?,
+        };
         Ok(Response::new(pb::StartRunResponse { run: Some(run_to_pb(&run)), created: started.created }))
     }
 

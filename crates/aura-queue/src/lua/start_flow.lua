@@ -14,7 +14,9 @@
 --          parents (comma list), dependents (comma list), continue_on_failure (0/1),
 --          release delay ms (a job with one waits that long once it becomes ready: durable
 --          `delay` steps)
--- Returns  {1, flow_id} when created, {0, existing_flow_id} for a repeated key.
+-- Returns  {1, flow_id, created ms, admitted (0/1)} when created (what a caller needs to
+--          describe the new flow without reading it back), {0, existing_flow_id} for a
+--          repeated key.
 local P, WAKE, flow, idem = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local delay, prio, index = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
 local ckey, limit, timeout, n = ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
@@ -74,4 +76,4 @@ for i = 0, n - 1 do
   end
 end
 if idem ~= '' then redis.call('SET', P .. 'idem:' .. idem, flow, 'EX', ARGV[5]) end
-return {1, flow}
+return {1, flow, now, admitted and 1 or 0}
