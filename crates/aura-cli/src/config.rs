@@ -182,10 +182,10 @@ pub struct ServeOpts {
     /// [default: 4194304].
     #[arg(long, env = "AURA_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
-    /// Gateway: serve TLS with this PEM certificate chain (needs --tls-key).
+    /// Serve TLS with this PEM certificate chain (needs --tls-key); SIGHUP reloads both files.
     #[arg(long, env = "AURA_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
-    /// Gateway: the PEM private key of --tls-cert.
+    /// The PEM private key of --tls-cert.
     #[arg(long, env = "AURA_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Gateway: a file of `tenant:key` lines accepted besides the keys in Redis.
@@ -264,6 +264,7 @@ pub struct Settings {
     pub rate_limit_fail_closed: bool,
     pub envoy_rls: bool,
     pub max_message_bytes: usize,
+    /// Certificate and key files this role serves TLS with.
     pub tls: Option<(PathBuf, PathBuf)>,
 }
 
@@ -360,6 +361,12 @@ impl Settings {
                 _ => anyhow::bail!("AURA_TLS_CERT and AURA_TLS_KEY must be set together"),
             },
         })
+    }
+
+    /// The certificate this role serves TLS with, if any.
+    pub fn server_tls(&self) -> anyhow::Result<Option<aura_common::tls::ServerTls>> {
+        let Some((cert, key)) = &self.tls else { return Ok(None) };
+        Ok(Some(aura_common::tls::ServerTls::from_files(cert, key)?))
     }
 }
 

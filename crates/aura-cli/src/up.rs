@@ -144,7 +144,7 @@ pub async fn run(opts: UpOpts) -> anyhow::Result<()> {
         }
         let settings = settings.clone();
         let token = token.clone();
-        tasks.spawn(async move { roles::run_role(role, &settings, listener, token, registry).await });
+        tasks.spawn(async move { roles::run_role(role, &settings, None, listener, token, registry).await });
     }
     let gateway = format!("{}:{}", opts.bind, opts.gateway_port);
     println!("AURA is up. Gateway: {gateway} (gRPC, plaintext). Redis: {}", settings.redis_url);
