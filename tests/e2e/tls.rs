@@ -3,7 +3,10 @@
 //!   does not;
 //! - reload: a new pair written over the files serves new connections (in-process through
 //!   `ServerTls::reload`, and with SIGHUP on a real `aura serve gateway`), connections
-//!   opened before keep working, and a pair that does not load leaves the old one in use.
+//!   opened before keep working, and a pair that does not load leaves the old one in use;
+//! - between services: Scheduler and Events serving TLS, the Gateway and the Worker reaching
+//!   them at `https://` URLs trusting a private CA; a Gateway without that CA gets
+//!   UNAVAILABLE.
 
 use std::{
     io::{BufRead, BufReader},
@@ -14,18 +17,21 @@ use std::{
     time::Duration,
 };
 
-use aura_common::tls::ServerTls;
-use aura_e2e::aura_bin;
+use aura_common::tls::{ClientTls, ServerTls};
+use aura_e2e::{aura_bin, input, spec, wait_for_run};
 use aura_proto::v1 as pb;
 use aura_testkit::{
     RedisServer,
-    mesh::{Mesh, MeshOptions},
+    mesh::{InternalTls, Mesh, MeshOptions},
 };
 use pb::gateway_client::GatewayClient;
-use serde_json::Value as Json;
+use serde_json::{Value as Json, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{
+    Code,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+};
 
 // ---------------------------------------------------------------------------------------
 // Certificates.
@@ -290,5 +296,76 @@ async fn sighup_reloads_the_certificate_of_a_running_gateway_process() {
     let mut still = connect(gateway.addr, &pki.path("ca2.pem")).await.expect("B is still served");
     list_workflows(&mut still).await.unwrap();
     assert!(gateway.child.try_wait().unwrap().is_none(), "SIGHUP must not stop the gateway");
+    mesh.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Between services.
+
+#[tokio::test]
+async fn internal_services_over_tls_run_workflows_and_refuse_gateways_without_the_ca() {
+    let pki = Pki::new();
+    pki.ca("ca").leaf("ca", "internal").ca("other");
+    let internal_tls = InternalTls {
+        server: ServerTls::from_files(pki.path("internal.pem"), pki.path("internal.key")).unwrap(),
+        // The URLs say 127.0.0.1; the certificate says localhost.
+        client: ClientTls::from_file(pki.path("ca.pem"), Some("localhost".into())).unwrap(),
+    };
+    let redis = RedisServer::start();
+    let mut mesh = Mesh::start(
+        &redis.url(),
+        MeshOptions { internal_tls: Some(internal_tls), workers: 1, ..Default::default() },
+    )
+    .await;
+
+    // Gateway → Scheduler (register, start, get), Worker → Scheduler (poll, report) and
+    // Gateway → Events (watch), all over TLS.
+    let mut gw = mesh.gateway().await;
+    let wf = spec(json!({"name": "tls", "steps": [{"id": "only", "kind": "noop"}]}));
+    gw.register_workflow(pb::RegisterWorkflowRequest { spec: Some(wf) }).await.unwrap();
+    let started = gw
+        .start_run(pb::StartRunRequest {
+            workflow_name: "tls".into(),
+            input: input(json!({"x": 1})),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let run_id = started.run.unwrap().run_id;
+    let run = wait_for_run(&mut gw, &run_id, Duration::from_secs(20)).await;
+    assert_eq!(run.state, pb::RunState::Succeeded as i32, "{run:?}");
+    let mut events = gw.watch_run(pb::WatchRunRequest { run_id }).await.unwrap().into_inner();
+    let mut types = Vec::new();
+    while let Some(event) = tokio_stream::StreamExt::next(&mut events).await {
+        types.push(event.expect("events over TLS").r#type);
+    }
+    assert!(types.iter().any(|t| t.contains("succeeded")), "{types:?}");
+
+    // Gateways that cannot verify the services: no CA at all, another CA, plaintext.
+    let other_ca = ClientTls::from_file(pki.path("other.pem"), Some("localhost".into())).unwrap();
+    let plain_scheduler = format!("http://{}", mesh.scheduler);
+    let plain_events = format!("http://{}", mesh.events);
+    let without_ca = mesh.add_gateway(|c| c.internal_tls = None).await;
+    let wrong_ca = mesh.add_gateway(|c| c.internal_tls = Some(other_ca)).await;
+    let plaintext = mesh
+        .add_gateway(|c| {
+            c.internal_tls = None;
+            c.scheduler_urls = vec![plain_scheduler];
+            c.events_urls = vec![plain_events];
+        })
+        .await;
+    for (what, addr) in [("no CA", without_ca), ("another CA", wrong_ca), ("plaintext", plaintext)] {
+        let mut gw = GatewayClient::new(Mesh::channel(addr).await);
+        let mut request = tonic::Request::new(pb::ListWorkflowsRequest::default());
+        // Only a bound on a hang, which would otherwise show as DEADLINE_EXCEEDED.
+        request.set_timeout(Duration::from_secs(20));
+        let err = gw.list_workflows(request).await.expect_err(what);
+        // A failed handshake is UNAVAILABLE. Plaintext fails later, once the TLS server
+        // hangs up on the HTTP/2 preface, and tonic reports that as UNKNOWN "transport error".
+        let expected: &[Code] =
+            if what == "plaintext" { &[Code::Unavailable, Code::Unknown] } else { &[Code::Unavailable] };
+        assert!(expected.contains(&err.code()), "{what}: {err:?}");
+    }
     mesh.stop().await;
 }

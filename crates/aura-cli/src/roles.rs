@@ -55,6 +55,7 @@ pub async fn run_role(
                 envoy_rls: s.envoy_rls,
                 max_message_bytes: s.max_message_bytes,
                 tls,
+                internal_tls: s.client_tls()?,
                 rate_limit_fail: if s.rate_limit_fail_closed {
                     aura_ratelimit::FailMode::Closed
                 } else {
@@ -86,6 +87,7 @@ pub async fn run_role(
                 kind_concurrency: s.kind_concurrency.clone(),
                 metrics: registry,
                 tls,
+                internal_tls: s.client_tls()?,
                 ..Default::default()
             };
             aura_worker::serve(config, listener, token).await

@@ -94,6 +94,8 @@ pub async fn run(opts: UpOpts) -> anyhow::Result<()> {
         envoy_rls: false,
         max_message_bytes: aura_gateway::Config::default().max_message_bytes,
         tls: None,
+        internal_tls_ca: None,
+        internal_tls_domain: None,
     };
     // A development key for tenant `dev`, so the laptop setup is authenticated like production.
     let dev_key = if opts.insecure_no_auth {

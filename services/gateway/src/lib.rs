@@ -57,6 +57,8 @@ pub struct Config {
     pub rate_limit_fail: aura_ratelimit::FailMode,
     /// Serve TLS with this certificate (reloadable: keep a clone to call `reload`).
     pub tls: Option<aura_common::tls::ServerTls>,
+    /// The CA that `https://` Scheduler and Events endpoints are checked against.
+    pub internal_tls: Option<aura_common::tls::ClientTls>,
     /// Serve Envoy's `envoy.service.ratelimit.v3.RateLimitService` on the same listener
     /// (`--envoy-rls`). Off by default: it takes no API key (see [`serve`]).
     pub envoy_rls: bool,
@@ -77,6 +79,7 @@ impl Default for Config {
             rate_limit_groups: BTreeMap::new(),
             rate_limit_fail: aura_ratelimit::FailMode::OpenToLocal,
             tls: None,
+            internal_tls: None,
             envoy_rls: false,
         }
     }
@@ -103,8 +106,8 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         Some(auth::Authenticator::new(aura_auth::KeyStore::new(redis.clone(), &config.prefix), static_keys))
     };
     let service = GatewayService::new(
-        upstream::channel(&config.scheduler_urls)?,
-        upstream::channel(&config.events_urls)?,
+        upstream::channel(&config.scheduler_urls, config.internal_tls.as_ref())?,
+        upstream::channel(&config.events_urls, config.internal_tls.as_ref())?,
         shutdown.clone(),
     );
     let key = rate_limit_key();

@@ -51,6 +51,8 @@ pub struct Config {
     pub metrics: aura_common::metrics::SharedRegistry,
     /// Serve TLS with this certificate.
     pub tls: Option<aura_common::tls::ServerTls>,
+    /// The CA that `https://` Scheduler endpoints are checked against.
+    pub internal_tls: Option<aura_common::tls::ClientTls>,
 }
 
 impl Default for Config {
@@ -68,6 +70,7 @@ impl Default for Config {
             llm_api_key: None,
             metrics: aura_common::metrics::registry(),
             tls: None,
+            internal_tls: None,
         }
     }
 }
@@ -111,7 +114,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     }
     let redis = aura_common::redis::connect(&config.redis_url).await?;
     let executor = aura_steps::Executor::new(redis.clone(), &config.prefix, config.llm_api_key.clone());
-    let channel = runner::channel(&config.scheduler_urls)?;
+    let channel = runner::channel(&config.scheduler_urls, config.internal_tls.as_ref())?;
     let runner = Runner::new(config.clone(), channel, executor);
     let (reporter, health) = grpc::health::<WorkerServer<WorkerService>>().await;
     let health_task = grpc::follow_redis::<WorkerServer<WorkerService>>(
