@@ -51,3 +51,21 @@ pub async fn wait_for_run(client: &mut GatewayClient<Channel>, run_id: &str, tim
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The `aura` binary: `$AURA_BIN`, or `<target>/debug/aura` (build it first with
+/// `cargo build -p aura-cli --bin aura`; `scripts/test.sh` does).
+pub fn aura_bin() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("AURA_BIN") {
+        return path.into();
+    }
+    let root =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(Into::into).unwrap_or_else(|| root.join("target"));
+    let bin = target.join("debug").join("aura");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build -p aura-cli --bin aura`",
+        bin.display()
+    );
+    bin
+}

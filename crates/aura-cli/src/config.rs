@@ -182,12 +182,19 @@ pub struct ServeOpts {
     /// [default: 4194304].
     #[arg(long, env = "AURA_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
-    /// Gateway: serve TLS with this PEM certificate chain (needs --tls-key).
+    /// Serve TLS with this PEM certificate chain (needs --tls-key); SIGHUP reloads both files.
     #[arg(long, env = "AURA_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
-    /// Gateway: the PEM private key of --tls-cert.
+    /// The PEM private key of --tls-cert.
     #[arg(long, env = "AURA_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Gateway, worker: PEM CA that `https://` Scheduler and Events endpoints must chain to.
+    #[arg(long, env = "AURA_INTERNAL_TLS_CA")]
+    pub internal_tls_ca: Option<PathBuf>,
+    /// Gateway, worker: the name internal services' certificates must carry, instead of the
+    /// endpoint's host (needs --internal-tls-ca).
+    #[arg(long, env = "AURA_INTERNAL_TLS_DOMAIN")]
+    pub internal_tls_domain: Option<String>,
     /// Gateway: a file of `tenant:key` lines accepted besides the keys in Redis.
     #[arg(long, env = "AURA_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
@@ -222,6 +229,8 @@ struct FileConfig {
     max_message_bytes: Option<usize>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    internal_tls_ca: Option<PathBuf>,
+    internal_tls_domain: Option<String>,
 }
 
 /// `rate_limit_groups` in the file: a list (`[tasks=5000/10000]`) or the variable's
@@ -264,7 +273,12 @@ pub struct Settings {
     pub rate_limit_fail_closed: bool,
     pub envoy_rls: bool,
     pub max_message_bytes: usize,
+    /// Certificate and key files this role serves TLS with.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// CA file for `https://` internal endpoints.
+    pub internal_tls_ca: Option<PathBuf>,
+    /// Server name checked instead of the endpoint's host.
+    pub internal_tls_domain: Option<String>,
 }
 
 fn list(s: &str) -> Vec<String> {
@@ -298,6 +312,12 @@ impl Settings {
         anyhow::ensure!(
             (1024..=1024 * 1024 * 1024).contains(&max_message_bytes),
             "AURA_MAX_MESSAGE_BYTES / --max-message-bytes must be 1 KiB-1 GiB"
+        );
+        anyhow::ensure!(
+            opts.internal_tls_domain.is_none() && file.internal_tls_domain.is_none()
+                || opts.internal_tls_ca.is_some()
+                || file.internal_tls_ca.is_some(),
+            "AURA_INTERNAL_TLS_DOMAIN / --internal-tls-domain needs AURA_INTERNAL_TLS_CA / --internal-tls-ca"
         );
         let concurrency = opts.concurrency.or(file.concurrency).unwrap_or(64);
         anyhow::ensure!(
@@ -359,7 +379,21 @@ impl Settings {
                 (None, None) => None,
                 _ => anyhow::bail!("AURA_TLS_CERT and AURA_TLS_KEY must be set together"),
             },
+            internal_tls_ca: opts.internal_tls_ca.clone().or(file.internal_tls_ca),
+            internal_tls_domain: opts.internal_tls_domain.clone().or(file.internal_tls_domain),
         })
+    }
+
+    /// The certificate this role serves TLS with, if any.
+    pub fn server_tls(&self) -> anyhow::Result<Option<aura_common::tls::ServerTls>> {
+        let Some((cert, key)) = &self.tls else { return Ok(None) };
+        Ok(Some(aura_common::tls::ServerTls::from_files(cert, key)?))
+    }
+
+    /// What `https://` internal endpoints are checked against, if configured.
+    pub fn client_tls(&self) -> anyhow::Result<Option<aura_common::tls::ClientTls>> {
+        let Some(ca) = &self.internal_tls_ca else { return Ok(None) };
+        Ok(Some(aura_common::tls::ClientTls::from_file(ca, self.internal_tls_domain.clone())?))
     }
 }
 
@@ -624,5 +658,19 @@ mod tests {
         assert_eq!(s.rate_limit_groups["tasks"], limit(5, 10));
         let err = resolve(&["--rate-limit-group", "taks=5/10"], None).unwrap_err().to_string();
         assert!(err.contains("--rate-limit-group") && err.contains("unknown method group"), "{err}");
+    }
+
+    #[test]
+    fn internal_tls_comes_from_flags_before_the_file() {
+        let s =
+            resolve(&["--internal-tls-ca", "/flag/ca.pem"], Some("internal_tls_ca: /file/ca.pem\n")).unwrap();
+        assert_eq!(s.internal_tls_ca, Some(PathBuf::from("/flag/ca.pem")));
+        assert_eq!(s.internal_tls_domain, None);
+        let yaml = "internal_tls_ca: /file/ca.pem\ninternal_tls_domain: scheduler.aura\n";
+        let s = resolve(&[], Some(yaml)).unwrap();
+        assert_eq!(s.internal_tls_ca, Some(PathBuf::from("/file/ca.pem")));
+        assert_eq!(s.internal_tls_domain.as_deref(), Some("scheduler.aura"));
+        let err = resolve(&["--internal-tls-domain", "scheduler.aura"], None).unwrap_err().to_string();
+        assert!(err.contains("--internal-tls-ca"), "{err}");
     }
 }

@@ -1,4 +1,5 @@
-//! `aura serve <role>`: bind, serve, drain on SIGTERM/SIGINT.
+//! `aura serve <role>`: bind, serve, drain on SIGTERM/SIGINT, reload the TLS certificate on
+//! SIGHUP.
 
 use std::net::SocketAddr;
 
@@ -19,15 +20,23 @@ pub async fn serve(role: Role, settings: Settings) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot serve metrics on {metrics_listen}: {e}"))?;
     let token = CancellationToken::new();
     shutdown::cancel_on_signal(token.clone());
+    let tls = settings.server_tls()?;
+    #[cfg(unix)]
+    if let Some(tls) = &tls {
+        aura_common::tls::reload_on_sighup(tls.clone(), token.clone())
+            .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP (certificate reload): {e}"))?;
+    }
     let registry = registry(role);
     tokio::spawn(metrics::serve(metrics_listener, registry.clone(), token.clone()));
-    run_role(role, &settings, listener, token, registry).await
+    run_role(role, &settings, tls, listener, token, registry).await
 }
 
-/// Runs a role on an already bound listener (shared by `serve` and `up`).
+/// Runs a role on an already bound listener (shared by `serve` and `up`), serving TLS with
+/// `tls` if set.
 pub async fn run_role(
     role: Role,
     s: &Settings,
+    tls: Option<aura_common::tls::ServerTls>,
     listener: tokio::net::TcpListener,
     token: CancellationToken,
     registry: metrics::SharedRegistry,
@@ -45,7 +54,8 @@ pub async fn run_role(
                 rate_limit_groups: s.rate_limit_groups.clone(),
                 envoy_rls: s.envoy_rls,
                 max_message_bytes: s.max_message_bytes,
-                tls: s.tls.clone(),
+                tls,
+                internal_tls: s.client_tls()?,
                 rate_limit_fail: if s.rate_limit_fail_closed {
                     aura_ratelimit::FailMode::Closed
                 } else {
@@ -61,6 +71,7 @@ pub async fn run_role(
                 partitions: s.partitions,
                 key_concurrency_cap: s.key_concurrency_cap,
                 metrics: registry,
+                tls,
                 ..Default::default()
             };
             aura_scheduler::serve(config, listener, token).await
@@ -75,6 +86,8 @@ pub async fn run_role(
                 llm_api_key: s.llm_api_key.clone(),
                 kind_concurrency: s.kind_concurrency.clone(),
                 metrics: registry,
+                tls,
+                internal_tls: s.client_tls()?,
                 ..Default::default()
             };
             aura_worker::serve(config, listener, token).await
@@ -84,6 +97,7 @@ pub async fn run_role(
                 redis_url: s.redis_url.clone(),
                 partitions: s.partitions,
                 metrics: registry,
+                tls,
                 ..Default::default()
             };
             aura_events::serve(config, listener, token).await

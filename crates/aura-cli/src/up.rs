@@ -94,6 +94,8 @@ pub async fn run(opts: UpOpts) -> anyhow::Result<()> {
         envoy_rls: false,
         max_message_bytes: aura_gateway::Config::default().max_message_bytes,
         tls: None,
+        internal_tls_ca: None,
+        internal_tls_domain: None,
     };
     // A development key for tenant `dev`, so the laptop setup is authenticated like production.
     let dev_key = if opts.insecure_no_auth {
@@ -144,7 +146,7 @@ pub async fn run(opts: UpOpts) -> anyhow::Result<()> {
         }
         let settings = settings.clone();
         let token = token.clone();
-        tasks.spawn(async move { roles::run_role(role, &settings, listener, token, registry).await });
+        tasks.spawn(async move { roles::run_role(role, &settings, None, listener, token, registry).await });
     }
     let gateway = format!("{}:{}", opts.bind, opts.gateway_port);
     println!("AURA is up. Gateway: {gateway} (gRPC, plaintext). Redis: {}", settings.redis_url);

@@ -114,19 +114,35 @@ pub fn reflection_v1alpha_with(extra: &[&'static [u8]]) -> V1AlphaServer<impl V1
     reflection_builder(extra).build_v1alpha().expect("AURA's embedded descriptor sets are valid")
 }
 
-/// A channel balanced over `urls` (`http://host:port`), connecting lazily: a service starts
-/// even while its upstream is down, and calls then fail UNAVAILABLE until it is back.
-pub fn balanced_channel(urls: &[String]) -> Result<tonic::transport::Channel, String> {
+/// A channel balanced over `urls` (`http://host:port`, or `https://host:port` checked
+/// against `tls`), connecting lazily: a service starts even while its upstream is down, and
+/// calls then fail UNAVAILABLE until it is back.
+pub fn balanced_channel(
+    urls: &[String],
+    tls: Option<&crate::tls::ClientTls>,
+) -> Result<tonic::transport::Channel, String> {
     let endpoints = urls
         .iter()
         .map(|u| {
-            tonic::transport::Endpoint::from_shared(u.clone())
-                .map(|e| {
-                    e.connect_timeout(Duration::from_secs(2))
-                        .tcp_nodelay(true)
-                        .http2_keep_alive_interval(Duration::from_secs(30))
-                })
-                .map_err(|e| format!("invalid endpoint {u:?}: {e}"))
+            let endpoint = tonic::transport::Endpoint::from_shared(u.clone())
+                .map_err(|e| format!("invalid endpoint {u:?}: {e}"))?
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30));
+            if endpoint.uri().scheme_str() != Some("https") {
+                return Ok(endpoint);
+            }
+            match tls {
+                Some(tls) => endpoint.tls_config(tls.config()).map_err(|e| format!("endpoint {u:?}: {e}")),
+                None => {
+                    // No CA is compiled in: every handshake fails, and calls with it.
+                    tracing::warn!(
+                        endpoint = %u,
+                        "https endpoint without --internal-tls-ca: calls to it will fail UNAVAILABLE"
+                    );
+                    Ok(endpoint)
+                }
+            }
         })
         .collect::<Result<Vec<_>, _>>()?;
     if endpoints.is_empty() {

@@ -8,6 +8,8 @@
 //! - [`shutdown`] — the SIGTERM/SIGINT contract.
 //! - [`telemetry`] — logs, OpenTelemetry traces and W3C trace-context propagation.
 //! - [`metrics`] — the Prometheus `/metrics` HTTP endpoint.
+//! - [`tls`] — TLS listeners whose certificate reloads (SIGHUP), and the CA that channels
+//!   to internal services trust.
 #![forbid(unsafe_code)]
 
 pub mod grpc;
@@ -16,6 +18,7 @@ pub mod redis;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 
 pub use tokio_util::sync::CancellationToken;
 

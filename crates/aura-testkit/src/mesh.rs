@@ -26,6 +26,20 @@ pub struct MeshOptions {
     pub auth: bool,
     /// The gateway's default rate limit (`None`: no limiter).
     pub rate_limit: Option<aura_ratelimit::Limit>,
+    /// TLS between the services (`None`: plaintext, as by default in production).
+    pub internal_tls: Option<InternalTls>,
+}
+
+/// TLS inside the mesh: the Scheduler(s) and Events serve `server`; the gateway and the
+/// workers reach them at `https://` URLs, trusting `client`. The gateway and the workers
+/// themselves still serve plaintext, so the mesh's Gateway and Worker clients work as
+/// usual (its Scheduler and Events clients do not).
+#[derive(Clone, Debug)]
+pub struct InternalTls {
+    /// The certificate the Scheduler(s) and Events serve.
+    pub server: aura_common::tls::ServerTls,
+    /// What the gateway and workers trust.
+    pub client: aura_common::tls::ClientTls,
 }
 
 impl Default for MeshOptions {
@@ -37,6 +51,7 @@ impl Default for MeshOptions {
             workers: 1,
             auth: false,
             rate_limit: aura_gateway::Config::default().rate_limit,
+            internal_tls: None,
         }
     }
 }
@@ -56,8 +71,16 @@ pub struct Mesh {
     /// The Prometheus registry of the first scheduler replica: what it saw of each call.
     pub scheduler_metrics: aura_common::metrics::SharedRegistry,
     redis_url: String,
+    /// `MeshOptions::internal_tls`, for gateways added later.
+    internal_tls: Option<InternalTls>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// The URL the gateway and workers reach an internal service at.
+fn internal_url(tls: &Option<InternalTls>, addr: SocketAddr) -> String {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    format!("{scheme}://{addr}")
 }
 
 async fn bind() -> (TcpListener, SocketAddr) {
@@ -73,7 +96,10 @@ impl Mesh {
         let (el, events) = bind().await;
         let (gl, gateway) = bind().await;
         let mut tasks = Vec::new();
-        let url = |a: SocketAddr| format!("http://{a}");
+        let internal_tls = options.internal_tls.clone();
+        let server_tls = internal_tls.as_ref().map(|t| t.server.clone());
+        let client_tls = internal_tls.as_ref().map(|t| t.client.clone());
+        let url = |a: SocketAddr| internal_url(&internal_tls, a);
 
         let mut schedulers = Vec::new();
         let scheduler_metrics = aura_common::metrics::registry();
@@ -84,6 +110,7 @@ impl Mesh {
                 redis_url: redis_url.into(),
                 partitions: options.partitions,
                 metrics: if i == 0 { scheduler_metrics.clone() } else { aura_common::metrics::registry() },
+                tls: server_tls.clone(),
                 ..Default::default()
             };
             let token = shutdown.clone();
@@ -96,6 +123,7 @@ impl Mesh {
         let config = aura_events::Config {
             redis_url: redis_url.into(),
             partitions: options.partitions,
+            tls: server_tls,
             ..Default::default()
         };
         let token = shutdown.clone();
@@ -107,6 +135,7 @@ impl Mesh {
             redis_url: redis_url.into(),
             insecure_no_auth: !options.auth,
             rate_limit: options.rate_limit,
+            internal_tls: client_tls.clone(),
             ..Default::default()
         };
         let token = shutdown.clone();
@@ -125,6 +154,7 @@ impl Mesh {
                     concurrency: options.worker_concurrency,
                     drain_timeout: Duration::from_secs(5),
                     worker_id: format!("test-worker-{i}"),
+                    internal_tls: client_tls.clone(),
                     ..Default::default()
                 };
                 let token = shutdown.clone();
@@ -142,20 +172,23 @@ impl Mesh {
             events,
             scheduler_metrics,
             redis_url: redis_url.to_string(),
+            internal_tls,
             shutdown,
             tasks,
         }
     }
 
     /// Starts one more gateway in front of this mesh's services (authentication off unless
-    /// `configure` turns it on), stopped with the mesh; returns its address.
+    /// `configure` turns it on; the mesh's internal TLS unless it changes it), stopped with
+    /// the mesh; returns its address.
     pub async fn add_gateway(&mut self, configure: impl FnOnce(&mut aura_gateway::Config)) -> SocketAddr {
         let (listener, addr) = bind().await;
         let mut config = aura_gateway::Config {
-            scheduler_urls: self.schedulers.iter().map(|a| format!("http://{a}")).collect(),
-            events_urls: vec![format!("http://{}", self.events)],
+            scheduler_urls: self.schedulers.iter().map(|a| internal_url(&self.internal_tls, *a)).collect(),
+            events_urls: vec![internal_url(&self.internal_tls, self.events)],
             redis_url: self.redis_url.clone(),
             insecure_no_auth: true,
+            internal_tls: self.internal_tls.as_ref().map(|t| t.client.clone()),
             ..Default::default()
         };
         configure(&mut config);

@@ -34,6 +34,8 @@ pub struct Config {
     pub partitions: usize,
     /// Where this role's Prometheus series are registered (served by the caller).
     pub metrics: aura_common::metrics::SharedRegistry,
+    /// Serve TLS with this certificate.
+    pub tls: Option<aura_common::tls::ServerTls>,
 }
 
 impl Default for Config {
@@ -45,6 +47,7 @@ impl Default for Config {
             subscriber_buffer: 1024,
             partitions: 1,
             metrics: aura_common::metrics::registry(),
+            tls: None,
         }
     }
 }
@@ -232,7 +235,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         shutdown.clone(),
     );
     let gauges = tokio::spawn(hub_gauges(service.hub.clone(), &config.metrics, shutdown.clone()));
-    tracing::info!(addr = %listener.local_addr()?, "events listening");
+    tracing::info!(addr = %listener.local_addr()?, tls = config.tls.is_some(), "events listening");
     tonic::transport::Server::builder()
         // A span per call, joining the caller's trace.
         .layer(aura_common::telemetry::TraceLayer)
@@ -241,7 +244,10 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         .add_service(grpc::reflection_v1())
         .add_service(grpc::reflection_v1alpha())
         .add_service(pb::events_server::EventsServer::new(service))
-        .serve_with_incoming_shutdown(grpc::incoming(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            aura_common::tls::incoming(listener, config.tls.as_ref()),
+            shutdown.cancelled_owned(),
+        )
         .await?;
     let _ = health_task.await;
     let _ = gauges.await;

@@ -55,8 +55,10 @@ pub struct Config {
     pub rate_limit_groups: BTreeMap<String, aura_ratelimit::Limit>,
     /// What the limiter does while Redis is unreachable.
     pub rate_limit_fail: aura_ratelimit::FailMode,
-    /// Serve TLS with this PEM certificate chain and private key (files).
-    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Serve TLS with this certificate (reloadable: keep a clone to call `reload`).
+    pub tls: Option<aura_common::tls::ServerTls>,
+    /// The CA that `https://` Scheduler and Events endpoints are checked against.
+    pub internal_tls: Option<aura_common::tls::ClientTls>,
     /// Serve Envoy's `envoy.service.ratelimit.v3.RateLimitService` on the same listener
     /// (`--envoy-rls`). Off by default: it takes no API key (see [`serve`]).
     pub envoy_rls: bool,
@@ -77,6 +79,7 @@ impl Default for Config {
             rate_limit_groups: BTreeMap::new(),
             rate_limit_fail: aura_ratelimit::FailMode::OpenToLocal,
             tls: None,
+            internal_tls: None,
             envoy_rls: false,
         }
     }
@@ -103,8 +106,8 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         Some(auth::Authenticator::new(aura_auth::KeyStore::new(redis.clone(), &config.prefix), static_keys))
     };
     let service = GatewayService::new(
-        upstream::channel(&config.scheduler_urls)?,
-        upstream::channel(&config.events_urls)?,
+        upstream::channel(&config.scheduler_urls, config.internal_tls.as_ref())?,
+        upstream::channel(&config.events_urls, config.internal_tls.as_ref())?,
         shutdown.clone(),
     );
     let key = rate_limit_key();
@@ -150,18 +153,8 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         Duration::from_secs(1),
         shutdown.clone(),
     );
-    let mut server = tonic::transport::Server::builder();
-    if let Some((cert, key)) = &config.tls {
-        let read = |path: &std::path::PathBuf, what: &str| {
-            std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read TLS {what} {}: {e}", path.display()))
-        };
-        let identity = tonic::transport::Identity::from_pem(read(cert, "certificate")?, read(key, "key")?);
-        server = server
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-            .map_err(|e| anyhow::anyhow!("invalid TLS certificate or key: {e}"))?;
-    }
     tracing::info!(addr = %listener.local_addr()?, tls = config.tls.is_some(), "gateway listening");
-    server
+    tonic::transport::Server::builder()
         // Trace: a span per call (child of the client's `traceparent` if it sent one); the
         // forwarded calls carry it on to the Scheduler and Events.
         .layer(aura_common::telemetry::TraceLayer)
@@ -193,7 +186,10 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         )
         // Envoy's rate limit service, on the limiter above (`--envoy-rls`).
         .add_optional_service(envoy_rls)
-        .serve_with_incoming_shutdown(grpc::incoming(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            aura_common::tls::incoming(listener, config.tls.as_ref()),
+            shutdown.cancelled_owned(),
+        )
         .await?;
     let _ = health_task.await;
     tracing::info!("gateway stopped");

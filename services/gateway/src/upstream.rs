@@ -7,9 +7,9 @@ use tonic::{Request, transport::Channel};
 /// Default deadline of a forwarded call when the caller set none.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 
-/// A channel balanced over `urls`.
-pub fn channel(urls: &[String]) -> anyhow::Result<Channel> {
-    aura_common::grpc::balanced_channel(urls).map_err(|e| anyhow::anyhow!("upstream: {e}"))
+/// A channel balanced over `urls` (`https://` ones checked against `tls`).
+pub fn channel(urls: &[String], tls: Option<&aura_common::tls::ClientTls>) -> anyhow::Result<Channel> {
+    aura_common::grpc::balanced_channel(urls, tls).map_err(|e| anyhow::anyhow!("upstream: {e}"))
 }
 
 /// The caller's deadline (or `default`), to pass to [`upstream`].

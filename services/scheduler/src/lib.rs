@@ -35,6 +35,8 @@ pub struct Config {
     pub key_concurrency_cap: u32,
     /// Where this role's Prometheus series are registered (served by the caller).
     pub metrics: aura_common::metrics::SharedRegistry,
+    /// Serve TLS with this certificate.
+    pub tls: Option<aura_common::tls::ServerTls>,
 }
 
 impl Default for Config {
@@ -46,6 +48,7 @@ impl Default for Config {
             max_spec_bytes: 1 << 20,
             key_concurrency_cap: 0,
             metrics: aura_common::metrics::registry(),
+            tls: None,
         }
     }
 }
@@ -91,7 +94,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     };
     let gauges = tokio::spawn(queue_gauges(engine.clone(), &config.metrics, shutdown.clone()));
     let service = SchedulerService::new(engine, shutdown.clone());
-    tracing::info!(addr = %listener.local_addr()?, "scheduler listening");
+    tracing::info!(addr = %listener.local_addr()?, tls = config.tls.is_some(), "scheduler listening");
     tonic::transport::Server::builder()
         // A span per call, joining the caller's trace (`traceparent` from the Gateway).
         .layer(aura_common::telemetry::TraceLayer)
@@ -104,7 +107,10 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
                 .max_decoding_message_size(16 * 1024 * 1024)
                 .max_encoding_message_size(64 * 1024 * 1024),
         )
-        .serve_with_incoming_shutdown(grpc::incoming(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            aura_common::tls::incoming(listener, config.tls.as_ref()),
+            shutdown.cancelled_owned(),
+        )
         .await?;
     let _ = health_task.await;
     let _ = maintenance.await;

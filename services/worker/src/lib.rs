@@ -49,6 +49,10 @@ pub struct Config {
     pub llm_api_key: Option<String>,
     /// Where this role's Prometheus series are registered (served by the caller).
     pub metrics: aura_common::metrics::SharedRegistry,
+    /// Serve TLS with this certificate.
+    pub tls: Option<aura_common::tls::ServerTls>,
+    /// The CA that `https://` Scheduler endpoints are checked against.
+    pub internal_tls: Option<aura_common::tls::ClientTls>,
 }
 
 impl Default for Config {
@@ -65,6 +69,8 @@ impl Default for Config {
             heartbeat_every: Duration::from_secs(1),
             llm_api_key: None,
             metrics: aura_common::metrics::registry(),
+            tls: None,
+            internal_tls: None,
         }
     }
 }
@@ -108,7 +114,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     }
     let redis = aura_common::redis::connect(&config.redis_url).await?;
     let executor = aura_steps::Executor::new(redis.clone(), &config.prefix, config.llm_api_key.clone());
-    let channel = runner::channel(&config.scheduler_urls)?;
+    let channel = runner::channel(&config.scheduler_urls, config.internal_tls.as_ref())?;
     let runner = Runner::new(config.clone(), channel, executor);
     let (reporter, health) = grpc::health::<WorkerServer<WorkerService>>().await;
     let health_task = grpc::follow_redis::<WorkerServer<WorkerService>>(
@@ -119,7 +125,12 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     );
     let run_task = tokio::spawn(runner.clone().run(shutdown.clone()));
     let gauges = tokio::spawn(runner_gauges(runner.clone(), &config.metrics, shutdown.clone()));
-    tracing::info!(addr = %listener.local_addr()?, worker_id = %config.worker_id, "worker listening");
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        worker_id = %config.worker_id,
+        tls = config.tls.is_some(),
+        "worker listening"
+    );
     let server_stop = shutdown.clone();
     tonic::transport::Server::builder()
         // A span per call, joining the caller's trace.
@@ -129,7 +140,10 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         .add_service(grpc::reflection_v1())
         .add_service(grpc::reflection_v1alpha())
         .add_service(WorkerServer::new(WorkerService::new(runner)))
-        .serve_with_incoming_shutdown(grpc::incoming(listener), server_stop.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            aura_common::tls::incoming(listener, config.tls.as_ref()),
+            server_stop.cancelled_owned(),
+        )
         .await?;
     let _ = run_task.await;
     let _ = health_task.await;

@@ -34,9 +34,9 @@ use crate::Config;
 /// in flight (which is never cut: its tasks could be lost until their lease expires).
 const POLL_WAIT: Duration = Duration::from_secs(5);
 
-/// A balanced channel over the Scheduler endpoints.
-pub fn channel(urls: &[String]) -> anyhow::Result<Channel> {
-    aura_common::grpc::balanced_channel(urls).map_err(|e| anyhow::anyhow!("scheduler: {e}"))
+/// A balanced channel over the Scheduler endpoints (`https://` ones checked against `tls`).
+pub fn channel(urls: &[String], tls: Option<&aura_common::tls::ClientTls>) -> anyhow::Result<Channel> {
+    aura_common::grpc::balanced_channel(urls, tls).map_err(|e| anyhow::anyhow!("scheduler: {e}"))
 }
 
 struct InFlight {
