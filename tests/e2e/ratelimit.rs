@@ -152,3 +152,61 @@ async fn a_method_group_with_its_own_limit_is_refused_while_the_default_group_pa
     }
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_in_flight_calls_are_shed_with_unavailable_and_health_still_answers() {
+    let redis = RedisServer::start();
+    let mesh = Mesh::start(&redis.url(), MeshOptions { worker_concurrency: 0, ..Default::default() }).await;
+    let stop = CancellationToken::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = aura_gateway::Config {
+        scheduler_urls: vec![format!("http://{}", mesh.scheduler)],
+        events_urls: vec![format!("http://{}", mesh.events)],
+        redis_url: redis.url(),
+        insecure_no_auth: true,
+        max_in_flight: 1,
+        ..Default::default()
+    };
+    let serving = stop.clone();
+    tokio::spawn(async move { aura_gateway::serve(config, listener, serving).await.unwrap() });
+    let mut gw = client(addr).await;
+    gw.get_queue_stats(pb::GetQueueStatsRequest { queue: "builtin".into() }).await.expect("one call passes");
+
+    // A long poll on an empty queue holds the only slot. It races the calls below for it:
+    // when it loses (it is shed itself and ends at once), it is started again.
+    let poll = || {
+        tokio::spawn(async move {
+            client(addr)
+                .await
+                .poll_tasks(pb::PollTasksRequest {
+                    worker_id: "w".into(),
+                    queues: vec!["empty".into()],
+                    max_tasks: 1,
+                    wait: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
+                })
+                .await
+        })
+    };
+    let mut long_poll = poll();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let shed = loop {
+        assert!(Instant::now() < deadline, "never shed while a long poll held the only slot");
+        if long_poll.is_finished() {
+            long_poll = poll();
+        }
+        match gw.get_queue_stats(pb::GetQueueStatsRequest { queue: "builtin".into() }).await {
+            Err(status) if status.code() == Code::Unavailable => break status,
+            Err(status) => panic!("unexpected {status:?}"),
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    };
+    assert!(shed.message().contains("--max-in-flight"), "{}", shed.message());
+    assert_eq!(Mesh::health(addr, "").await, Some(1), "health is never shed");
+    let polled = long_poll.await.unwrap().expect("the long poll itself completes");
+    assert!(polled.into_inner().tasks.is_empty());
+    gw.get_queue_stats(pb::GetQueueStatsRequest { queue: "builtin".into() })
+        .await
+        .expect("the slot is free again");
+    stop.cancel();
+}

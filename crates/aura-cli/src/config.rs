@@ -182,6 +182,10 @@ pub struct ServeOpts {
     /// [default: 4194304].
     #[arg(long, env = "AURA_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
+    /// Gateway: most calls in flight at once; more are answered UNAVAILABLE at once (load
+    /// shedding) [default: 10000].
+    #[arg(long, env = "AURA_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
     /// Serve TLS with this PEM certificate chain (needs --tls-key); SIGHUP reloads both files.
     #[arg(long, env = "AURA_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -227,6 +231,7 @@ struct FileConfig {
     rate_limit_fail_closed: Option<bool>,
     envoy_rls: Option<bool>,
     max_message_bytes: Option<usize>,
+    max_in_flight: Option<usize>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     internal_tls_ca: Option<PathBuf>,
@@ -273,6 +278,7 @@ pub struct Settings {
     pub rate_limit_fail_closed: bool,
     pub envoy_rls: bool,
     pub max_message_bytes: usize,
+    pub max_in_flight: usize,
     /// Certificate and key files this role serves TLS with.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// CA file for `https://` internal endpoints.
@@ -312,6 +318,11 @@ impl Settings {
         anyhow::ensure!(
             (1024..=1024 * 1024 * 1024).contains(&max_message_bytes),
             "AURA_MAX_MESSAGE_BYTES / --max-message-bytes must be 1 KiB-1 GiB"
+        );
+        let max_in_flight = opts.max_in_flight.or(file.max_in_flight).unwrap_or(10_000);
+        anyhow::ensure!(
+            (1..=1_000_000).contains(&max_in_flight),
+            "AURA_MAX_IN_FLIGHT / --max-in-flight must be 1-1000000"
         );
         anyhow::ensure!(
             opts.internal_tls_domain.is_none() && file.internal_tls_domain.is_none()
@@ -374,6 +385,7 @@ impl Settings {
                 || file.rate_limit_fail_closed.unwrap_or(false),
             envoy_rls: opts.envoy_rls || file.envoy_rls.unwrap_or(false),
             max_message_bytes,
+            max_in_flight,
             tls: match (opts.tls_cert.clone().or(file.tls_cert), opts.tls_key.clone().or(file.tls_key)) {
                 (Some(cert), Some(key)) => Some((cert, key)),
                 (None, None) => None,

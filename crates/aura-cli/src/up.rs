@@ -93,6 +93,7 @@ pub async fn run(opts: UpOpts) -> anyhow::Result<()> {
         rate_limit_fail_closed: false,
         envoy_rls: false,
         max_message_bytes: aura_gateway::Config::default().max_message_bytes,
+        max_in_flight: aura_gateway::Config::default().max_in_flight,
         tls: None,
         internal_tls_ca: None,
         internal_tls_domain: None,

@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod envoy_rls;
+mod load_shed;
 mod service;
 mod size_limit;
 pub mod tenancy;
@@ -62,6 +63,8 @@ pub struct Config {
     /// Serve Envoy's `envoy.service.ratelimit.v3.RateLimitService` on the same listener
     /// (`--envoy-rls`). Off by default: it takes no API key (see [`serve`]).
     pub envoy_rls: bool,
+    /// Most Gateway calls in flight at once; more are answered UNAVAILABLE (load shedding).
+    pub max_in_flight: usize,
 }
 
 impl Default for Config {
@@ -81,6 +84,7 @@ impl Default for Config {
             tls: None,
             internal_tls: None,
             envoy_rls: false,
+            max_in_flight: 10_000,
         }
     }
 }
@@ -176,6 +180,10 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         // rate limit calls are themselves decisions (limiting them would deny requests
         // because deciding about them was busy) and are not a tenant's traffic.
         .layer(tower::util::option_layer(global))
+        // Load shed: past --max-in-flight calls at once, UNAVAILABLE at once rather than a
+        // queue that only grows. (Timeouts: each forwarded call carries the caller's
+        // deadline, or the method's default, to the Scheduler and Events.)
+        .layer(load_shed::LoadShedLayer::new(config.max_in_flight))
         .add_service(health)
         .add_service(grpc::reflection_v1_with(extra_descriptors))
         .add_service(grpc::reflection_v1alpha_with(extra_descriptors))
