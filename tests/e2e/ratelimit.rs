@@ -210,3 +210,38 @@ async fn past_max_in_flight_calls_are_shed_with_unavailable_and_health_still_ans
         .expect("the slot is free again");
     stop.cancel();
 }
+
+#[tokio::test]
+async fn a_method_can_cost_more_than_one_token() {
+    let redis = RedisServer::start();
+    let mesh = Mesh::start(&redis.url(), MeshOptions { worker_concurrency: 0, ..Default::default() }).await;
+    let stop = CancellationToken::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = aura_gateway::Config {
+        scheduler_urls: vec![format!("http://{}", mesh.scheduler)],
+        events_urls: vec![format!("http://{}", mesh.events)],
+        redis_url: redis.url(),
+        insecure_no_auth: true,
+        rate_limit: Some(aura_ratelimit::Limit { rps: 1, burst: 5 }),
+        method_costs: [("GetQueueStats".to_string(), 3)].into(),
+        ..Default::default()
+    };
+    let serving = stop.clone();
+    tokio::spawn(async move { aura_gateway::serve(config, listener, serving).await.unwrap() });
+    let mut gw = client(addr).await;
+    let stats = || pb::GetQueueStatsRequest { queue: "builtin".into() };
+    let first = gw.get_queue_stats(stats()).await.expect("3 of 5 tokens");
+    assert_eq!(first.metadata().get("x-ratelimit-remaining").unwrap(), "2");
+    let refused = gw.get_queue_stats(stats()).await.expect_err("3 more than the 2 left");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    // A call of cost 1 still fits in what is left.
+    let cheap = gw.get_workflow(pb::GetWorkflowRequest { name: "none".into(), ..Default::default() }).await;
+    assert_eq!(cheap.expect_err("no such workflow").code(), Code::NotFound, "limited only by its own cost");
+    // Unknown methods are refused when configured.
+    let err = aura_ratelimit::parse_method_costs(&["Nope=3"], &["GetRun"]).unwrap_err();
+    assert!(err.to_string().contains("unknown method \"Nope\""), "{err}");
+    assert!(aura_ratelimit::parse_method_costs(&["GetRun=0"], &["GetRun"]).is_err());
+    assert!(aura_gateway::gateway_methods().iter().any(|m| m == "StartRuns"));
+    stop.cancel();
+}

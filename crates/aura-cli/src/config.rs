@@ -169,6 +169,11 @@ pub struct ServeOpts {
     /// tenant's override in Redis still wins [default: every group at the default limit].
     #[arg(long = "rate-limit-group", env = "AURA_RATE_LIMIT_GROUPS", value_delimiter = ',')]
     pub rate_limit_groups: Vec<String>,
+    /// Gateway: tokens one call of a method takes, `<Method>=<cost>` (1-1000), e.g.
+    /// `StartRuns=10`; repeatable (the variable takes a comma-separated list); replaces the
+    /// defaults [default: StartRuns=10, every other method 1].
+    #[arg(long = "rate-limit-cost", env = "AURA_RATE_LIMIT_COSTS", value_delimiter = ',')]
+    pub rate_limit_costs: Vec<String>,
     /// Gateway: refuse calls (UNAVAILABLE) while Redis is unreachable, instead of applying the
     /// limit per process.
     #[arg(long, env = "AURA_RATE_LIMIT_FAIL_CLOSED")]
@@ -228,6 +233,7 @@ struct FileConfig {
     rate_limit_rps: Option<u32>,
     rate_limit_burst: Option<u32>,
     rate_limit_groups: Option<GroupLimits>,
+    rate_limit_costs: Option<GroupLimits>,
     rate_limit_fail_closed: Option<bool>,
     envoy_rls: Option<bool>,
     max_message_bytes: Option<usize>,
@@ -238,8 +244,8 @@ struct FileConfig {
     internal_tls_domain: Option<String>,
 }
 
-/// `rate_limit_groups` in the file: a list (`[tasks=5000/10000]`) or the variable's
-/// comma-separated form.
+/// `rate_limit_groups` / `rate_limit_costs` in the file: a list (`[tasks=5000/10000]`) or
+/// the variable's comma-separated form.
 #[derive(Deserialize, Debug)]
 #[serde(untagged)]
 enum GroupLimits {
@@ -275,6 +281,7 @@ pub struct Settings {
     pub api_keys_file: Option<PathBuf>,
     pub rate_limit: Option<aura_ratelimit::Limit>,
     pub rate_limit_groups: std::collections::BTreeMap<String, aura_ratelimit::Limit>,
+    pub method_costs: std::collections::BTreeMap<String, u32>,
     pub rate_limit_fail_closed: bool,
     pub envoy_rls: bool,
     pub max_message_bytes: usize,
@@ -314,6 +321,20 @@ impl Settings {
         .unwrap_or_else(|| opts.rate_limit_groups.clone());
         let rate_limit_groups = aura_ratelimit::parse_group_limits(&group_items, aura_gateway::METHOD_GROUPS)
             .map_err(|e| anyhow::anyhow!("AURA_RATE_LIMIT_GROUPS / --rate-limit-group: {e}"))?;
+        let cost_items = if opts.rate_limit_costs.is_empty() {
+            file.rate_limit_costs.map(GroupLimits::items)
+        } else {
+            Some(opts.rate_limit_costs.clone())
+        };
+        let method_costs = match cost_items {
+            None => aura_gateway::default_method_costs(),
+            Some(items) => {
+                let methods = aura_gateway::gateway_methods();
+                let methods: Vec<&str> = methods.iter().map(String::as_str).collect();
+                aura_ratelimit::parse_method_costs(&items, &methods)
+                    .map_err(|e| anyhow::anyhow!("AURA_RATE_LIMIT_COSTS / --rate-limit-cost: {e}"))?
+            }
+        };
         let max_message_bytes = opts.max_message_bytes.or(file.max_message_bytes).unwrap_or(4 * 1024 * 1024);
         anyhow::ensure!(
             (1024..=1024 * 1024 * 1024).contains(&max_message_bytes),
@@ -381,6 +402,7 @@ impl Settings {
                 (rps > 0).then_some(aura_ratelimit::Limit { rps, burst })
             },
             rate_limit_groups,
+            method_costs,
             rate_limit_fail_closed: opts.rate_limit_fail_closed
                 || file.rate_limit_fail_closed.unwrap_or(false),
             envoy_rls: opts.envoy_rls || file.envoy_rls.unwrap_or(false),

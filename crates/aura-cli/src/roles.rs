@@ -55,6 +55,7 @@ pub async fn run_role(
                 envoy_rls: s.envoy_rls,
                 max_message_bytes: s.max_message_bytes,
                 max_in_flight: s.max_in_flight,
+                method_costs: s.method_costs.clone(),
                 tls,
                 internal_tls: s.client_tls()?,
                 rate_limit_fail: if s.rate_limit_fail_closed {

@@ -94,6 +94,7 @@ pub async fn run(opts: UpOpts) -> anyhow::Result<()> {
         envoy_rls: false,
         max_message_bytes: aura_gateway::Config::default().max_message_bytes,
         max_in_flight: aura_gateway::Config::default().max_in_flight,
+        method_costs: aura_gateway::default_method_costs(),
         tls: None,
         internal_tls_ca: None,
         internal_tls_domain: None,

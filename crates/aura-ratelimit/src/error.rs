@@ -21,4 +21,15 @@ pub enum ConfigError {
     /// The same group twice.
     #[error("method group {0:?} is given twice")]
     DuplicateGroup(String),
+    /// Not `<Method>=<cost>` with a cost of 1-1000.
+    #[error("{0:?}: expected <Method>=<cost>, a cost of 1-1000, e.g. StartRuns=10")]
+    Cost(String),
+    /// A method the service does not have.
+    #[error("unknown method {name:?}; the methods are {known}")]
+    UnknownMethod {
+        /// The name given.
+        name: String,
+        /// The names there are.
+        known: String,
+    },
 }

@@ -30,12 +30,21 @@ pub struct RateLimitLayer {
     /// service are not).
     path_prefix: &'static str,
     decisions: Decisions,
+    /// Tokens per call, by method name (the last path segment); 1 when absent.
+    costs: Arc<std::collections::BTreeMap<String, u32>>,
 }
 
 impl RateLimitLayer {
     /// Limits calls under `path_prefix`, keyed by `key`.
     pub fn new(limiter: Arc<RateLimiter>, key: KeyFn, path_prefix: &'static str) -> Self {
-        RateLimitLayer { limiter, key, path_prefix, decisions: Decisions::default() }
+        RateLimitLayer { limiter, key, path_prefix, decisions: Decisions::default(), costs: Arc::default() }
+    }
+
+    /// Tokens one call of each method takes (methods not named take 1): a batch call such as
+    /// `StartRuns` can be priced above a single `GetRun`.
+    pub fn with_costs(mut self, costs: std::collections::BTreeMap<String, u32>) -> Self {
+        self.costs = Arc::new(costs);
+        self
     }
 
     /// Counts decisions as `ratelimit_decisions_total{group, decision}` in `registry`.
@@ -92,7 +101,9 @@ where
         let layer = self.layer.clone();
         Box::pin(async move {
             let (tenant, group) = (layer.key)(req.extensions(), req.uri().path());
-            let decision = layer.limiter.check(&tenant, group, 1).await;
+            let method = req.uri().path().rsplit('/').next().unwrap_or_default();
+            let cost = layer.costs.get(method).copied().unwrap_or(1);
+            let decision = layer.limiter.check(&tenant, group, cost).await;
             let outcome = match decision {
                 Decision::Allow { .. } => "allowed",
                 Decision::Deny { .. } => "denied",

@@ -32,4 +32,4 @@ pub use layer::{
     FirstTier, KeyFn, OnlyUnder, OnlyUnderService, RateLimitLayer, RateLimitService, TenantKey, first_tier,
 };
 pub use limiter::{Bucket, Decision, FailMode, GCRA_SOURCE, RateLimiter};
-pub use quota::{Limit, Quota, parse_group_limits};
+pub use quota::{Limit, Quota, parse_group_limits, parse_method_costs};

@@ -62,6 +62,28 @@ pub fn parse_group_limits<S: AsRef<str>>(
     Ok(limits)
 }
 
+/// Parses per-method costs (`StartRuns=10`): how many tokens one call of a method takes
+/// (1 unless given). `methods` are the names the service has; a repeat replaces.
+pub fn parse_method_costs<S: AsRef<str>>(
+    items: &[S],
+    methods: &[&str],
+) -> Result<BTreeMap<String, u32>, ConfigError> {
+    let mut costs = BTreeMap::new();
+    for item in items.iter().map(AsRef::as_ref).map(str::trim).filter(|i| !i.is_empty()) {
+        let (name, cost) = item.split_once('=').ok_or_else(|| ConfigError::Cost(item.to_string()))?;
+        let name = name.trim();
+        if !methods.contains(&name) {
+            return Err(ConfigError::UnknownMethod { name: name.to_string(), known: methods.join(", ") });
+        }
+        let cost: u32 = cost.trim().parse().map_err(|_| ConfigError::Cost(item.to_string()))?;
+        if !(1..=1000).contains(&cost) {
+            return Err(ConfigError::Cost(item.to_string()));
+        }
+        costs.insert(name.to_string(), cost);
+    }
+    Ok(costs)
+}
+
 /// What the limiter applies to one bucket: `requests` per `per`, at most `burst` at once.
 /// GCRA spends one "emission interval" (`per / requests`) per token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -65,6 +65,8 @@ pub struct Config {
     pub envoy_rls: bool,
     /// Most Gateway calls in flight at once; more are answered UNAVAILABLE (load shedding).
     pub max_in_flight: usize,
+    /// Tokens one call of a method takes (methods not named: 1).
+    pub method_costs: BTreeMap<String, u32>,
 }
 
 impl Default for Config {
@@ -85,6 +87,7 @@ impl Default for Config {
             internal_tls: None,
             envoy_rls: false,
             max_in_flight: 10_000,
+            method_costs: default_method_costs(),
         }
     }
 }
@@ -138,6 +141,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     let global = config.rate_limit.map(|_| {
         aura_ratelimit::RateLimitLayer::new(limiter.clone(), key.clone(), GATEWAY_PATHS)
             .with_metrics(&config.metrics)
+            .with_costs(config.method_costs.clone())
     });
     let envoy_rls = config.envoy_rls.then(|| {
         tracing::info!(
@@ -206,6 +210,25 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
 
 /// The paths of the public API: what auth and rate limits apply to.
 const GATEWAY_PATHS: &str = "/aura.v1.Gateway/";
+
+/// The methods of `aura.v1.Gateway`, read from the compiled contract (so a
+/// `--rate-limit-cost` naming a method that does not exist is refused at start).
+pub fn gateway_methods() -> Vec<String> {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(aura_proto::FILE_DESCRIPTOR_SET).unwrap_or_default();
+    set.file
+        .iter()
+        .filter(|f| f.package() == "aura.v1")
+        .flat_map(|f| &f.service)
+        .filter(|s| s.name() == "Gateway")
+        .flat_map(|s| s.method.iter().map(|m| m.name().to_string()))
+        .collect()
+}
+
+/// Tokens a call takes unless configured: a `StartRuns` call starts up to 1,000 runs.
+pub fn default_method_costs() -> BTreeMap<String, u32> {
+    BTreeMap::from([("StartRuns".to_string(), 10)])
+}
 
 /// The method groups calls are limited in (`--rate-limit-group <group>=<rps>/<burst>`).
 pub const METHOD_GROUPS: &[&str] = &["default", "tasks"];
