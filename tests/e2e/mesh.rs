@@ -259,6 +259,14 @@ async fn get_metrics_reports_a_known_workload_exactly() {
         };
         async move { gw.get_metrics(req).await.unwrap().into_inner().runs.unwrap() }
     };
+    let kinds = |workflow: &str| {
+        let mut gw = gw.clone();
+        let req = pb::GetMetricsRequest {
+            workflow_name: workflow.into(),
+            window: pb::MetricsWindow::LastHour as i32,
+        };
+        async move { gw.get_metrics(req).await.unwrap().into_inner().step_kinds }
+    };
     // Counters are written just after each final transition: wait for the last of them.
     aura_testkit::wait_until("every outcome is counted", Duration::from_secs(10), || async {
         let m = metrics("").await;
@@ -273,6 +281,15 @@ async fn get_metrics_reports_a_known_workload_exactly() {
     assert!(m.duration_p50_ms > 0.0, "{m:?}");
     assert!(m.duration_p50_ms <= m.duration_p95_ms && m.duration_p95_ms <= m.duration_p99_ms, "{m:?}");
     assert!(m.throughput_per_second > 0.0);
+    assert!(m.queue_wait_p50_ms > 0.0, "every attempt waited some time in the queue: {m:?}");
+    assert!(m.queue_wait_p50_ms <= m.queue_wait_p95_ms && m.queue_wait_p95_ms <= m.queue_wait_p99_ms);
+    // Per step kind: one transform attempt per run of `mixed`; `other`'s noop steps apart.
+    let mixed_kinds = kinds("mixed").await;
+    assert_eq!(mixed_kinds.len(), 1, "{mixed_kinds:?}");
+    assert_eq!((mixed_kinds[0].kind.as_str(), mixed_kinds[0].attempts_started), ("transform", 20));
+    let all_kinds = kinds("").await;
+    let started = |k: &str| all_kinds.iter().find(|x| x.kind == k).map_or(0, |x| x.attempts_started);
+    assert_eq!((started("transform"), started("noop")), (20, 3), "{all_kinds:?}");
     let all = metrics("").await;
     assert_eq!((all.runs_started, all.runs_succeeded, all.runs_failed), (23, 18, 5), "{all:?}");
     let none = metrics("nosuch").await;

@@ -456,6 +456,7 @@ pub async fn metrics(
         "P95",
         "P99"
     );
+    let mut kind_rows = Vec::new();
     for w in windows {
         let window = match w {
             "1m" => pb::MetricsWindow::LastMinute,
@@ -483,6 +484,31 @@ pub async fn metrics(
             ms(m.duration_p95_ms),
             ms(m.duration_p99_ms),
         );
+        let wait = |p50: f64, p95: f64, p99: f64| format!("{p50:>9.1}ms {p95:>9.1}ms {p99:>9.1}ms");
+        kind_rows.push(format!(
+            "{:<6} {:<10} {:>9} {}",
+            w,
+            "(all)",
+            resp.step_kinds.iter().map(|k| k.attempts_started).sum::<u64>(),
+            wait(m.queue_wait_p50_ms, m.queue_wait_p95_ms, m.queue_wait_p99_ms)
+        ));
+        for k in &resp.step_kinds {
+            kind_rows.push(format!(
+                "{:<6} {:<10} {:>9} {}",
+                w,
+                k.kind,
+                k.attempts_started,
+                wait(k.queue_wait_p50_ms, k.queue_wait_p95_ms, k.queue_wait_p99_ms)
+            ));
+        }
+    }
+    println!();
+    println!(
+        "{:<6} {:<10} {:>9} {:>11} {:>11} {:>11}",
+        "WINDOW", "STEP KIND", "ATTEMPTS", "WAIT P50", "WAIT P95", "WAIT P99"
+    );
+    for row in kind_rows {
+        println!("{row}");
     }
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! Run counters per workflow per minute in Redis (cluster-wide, survive restarts), behind
 //! `GetMetrics`. One hash per minute, fields `<workflow>|<what>` plus `*|<what>` for the
 //! total, expiring after 25 hours. `<what>` is an outcome (`started`, `succeeded`, `failed`,
-//! `cancelled`), `retried` (step attempts scheduled again), or `d<i>`: finished runs whose
-//! duration fell in bucket `i` of [`DURATION_BOUNDS_MS`]. Fixed buckets make minutes, replicas
+//! `cancelled`), `retried` (step attempts scheduled again), `d<i>`: finished runs whose
+//! duration fell in bucket `i` of [`DURATION_BOUNDS_MS`], or `w<i>`: step attempts whose
+//! queue wait (ready → claimed) fell in bucket `i`. Per step kind the subject is
+//! `<workflow>#<kind>` (and `*#<kind>`), with `started` and `w<i>`. Fixed buckets make minutes, replicas
 //! and windows add up by plain summing, which quantile sketches would not.
 
 use std::collections::HashMap;
@@ -26,12 +28,16 @@ fn now_minute() -> u64 {
 pub const DURATION_BOUNDS_MS: [u64; 16] =
     [5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000, 900_000, 3_600_000];
 
+/// Step kinds reported per kind (the built-in ones and `external`).
+pub const STEP_KINDS: [&str; 6] = ["noop", "http", "transform", "delay", "llm", "external"];
+
 /// The bucket of a duration.
 pub(crate) fn duration_bucket(ms: u64) -> usize {
     DURATION_BOUNDS_MS.iter().position(|b| ms <= *b).unwrap_or(DURATION_BOUNDS_MS.len())
 }
 
-/// Adds counts: `what` is an outcome, `retried`, or a duration bucket `d<i>`.
+/// Adds counts to this minute: `(subject, what)` → n, where the subject is a workflow or
+/// `<workflow>#<kind>`; each is also added to the total subject (`*`, `*#<kind>`).
 pub(crate) async fn record(
     conn: &RedisConn,
     prefix: &str,
@@ -39,9 +45,13 @@ pub(crate) async fn record(
 ) -> Result<(), redis::RedisError> {
     let key = minute_key(prefix, now_minute());
     let mut pipe = redis::pipe();
-    for ((workflow, what), n) in counts {
-        pipe.hincr(&key, format!("{workflow}|{what}"), *n).ignore();
-        pipe.hincr(&key, format!("*|{what}"), *n).ignore();
+    for ((subject, what), n) in counts {
+        let total = match subject.split_once('#') {
+            Some((_, kind)) => format!("*#{kind}"),
+            None => "*".to_string(),
+        };
+        pipe.hincr(&key, format!("{subject}|{what}"), *n).ignore();
+        pipe.hincr(&key, format!("{total}|{what}"), *n).ignore();
     }
     pipe.expire(&key, RETENTION_SECS).ignore();
     let mut conn = conn.clone();
@@ -62,9 +72,48 @@ pub struct RunCounts {
     /// Step attempts scheduled again.
     pub retried: u64,
     /// Finished runs per duration bucket (see [`DURATION_BOUNDS_MS`]).
-    pub duration_buckets: [u64; DURATION_BOUNDS_MS.len() + 1],
+    pub duration_buckets: Buckets,
+    /// Step attempts per queue-wait bucket.
+    pub wait_buckets: Buckets,
+    /// Per step kind that ran in the window.
+    pub kinds: Vec<KindCounts>,
     /// Window length, seconds.
     pub window_secs: u64,
+}
+
+/// Counts per bucket of [`DURATION_BOUNDS_MS`].
+pub type Buckets = [u64; DURATION_BOUNDS_MS.len() + 1];
+
+/// One step kind over a window.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KindCounts {
+    /// The kind.
+    pub kind: String,
+    /// Attempts started (claimed).
+    pub started: u64,
+    /// Attempts per queue-wait bucket.
+    pub wait_buckets: Buckets,
+}
+
+/// The `q` quantile (0..=1) in ms of what `buckets` counted, interpolated linearly inside
+/// its bucket; 0 with no data. The open last bucket answers with its lower bound: all we
+/// know there is "longer than an hour".
+pub fn quantile_ms(buckets: &Buckets, q: f64) -> f64 {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let rank = (q.clamp(0.0, 1.0) * total as f64).max(1.0);
+    let mut below = 0u64;
+    for (i, n) in buckets.iter().enumerate() {
+        if *n > 0 && (below + n) as f64 >= rank {
+            let lower = if i == 0 { 0 } else { DURATION_BOUNDS_MS[i - 1] } as f64;
+            let Some(upper) = DURATION_BOUNDS_MS.get(i) else { return lower };
+            return lower + (*upper as f64 - lower) * (rank - below as f64) / *n as f64;
+        }
+        below += n;
+    }
+    *DURATION_BOUNDS_MS.last().unwrap_or(&0) as f64
 }
 
 impl RunCounts {
@@ -84,25 +133,9 @@ impl RunCounts {
         self.duration_buckets.iter().sum()
     }
 
-    /// The `q` quantile (0..=1) of run durations in ms, interpolated linearly inside its
-    /// bucket; 0 with no data. The open last bucket answers with its lower bound: all we
-    /// know there is "longer than an hour".
+    /// The `q` quantile (0..=1) of run durations, ms (see [`quantile_ms`]).
     pub fn duration_quantile_ms(&self, q: f64) -> f64 {
-        let total = self.durations_counted();
-        if total == 0 {
-            return 0.0;
-        }
-        let rank = (q.clamp(0.0, 1.0) * total as f64).max(1.0);
-        let mut below = 0u64;
-        for (i, n) in self.duration_buckets.iter().enumerate() {
-            if *n > 0 && (below + n) as f64 >= rank {
-                let lower = if i == 0 { 0 } else { DURATION_BOUNDS_MS[i - 1] } as f64;
-                let Some(upper) = DURATION_BOUNDS_MS.get(i) else { return lower };
-                return lower + (*upper as f64 - lower) * (rank - below as f64) / *n as f64;
-            }
-            below += n;
-        }
-        *DURATION_BOUNDS_MS.last().unwrap_or(&0) as f64
+        quantile_ms(&self.duration_buckets, q)
     }
 }
 
@@ -110,9 +143,15 @@ impl crate::Engine {
     /// Counts for `workflow` ('' for all) over the last `minutes` minutes (this one included).
     pub async fn run_metrics(&self, workflow: &str, minutes: u64) -> Result<RunCounts, EngineError> {
         let who = if workflow.is_empty() { "*" } else { workflow };
+        let buckets = DURATION_BOUNDS_MS.len() + 1;
         let mut fields: Vec<String> =
             ["started", "succeeded", "failed", "cancelled", "retried"].map(|w| format!("{who}|{w}")).into();
-        fields.extend((0..=DURATION_BOUNDS_MS.len()).map(|i| format!("{who}|d{i}")));
+        fields.extend((0..buckets).map(|i| format!("{who}|d{i}")));
+        fields.extend((0..buckets).map(|i| format!("{who}|w{i}")));
+        for kind in STEP_KINDS {
+            fields.push(format!("{who}#{kind}|started"));
+            fields.extend((0..buckets).map(|i| format!("{who}#{kind}|w{i}")));
+        }
         let now = now_minute();
         let mut pipe = redis::pipe();
         for m in (now + 1).saturating_sub(minutes)..=now {
@@ -121,6 +160,8 @@ impl crate::Engine {
         let mut conn = self.queue.conn();
         let rows: Vec<Vec<Option<u64>>> = pipe.query_async(&mut conn).await?;
         let mut counts = RunCounts { window_secs: minutes * 60, ..Default::default() };
+        let mut kinds: Vec<KindCounts> =
+            STEP_KINDS.iter().map(|k| KindCounts { kind: k.to_string(), ..Default::default() }).collect();
         for row in rows {
             let v = |i: usize| row.get(i).copied().flatten().unwrap_or(0);
             counts.started += v(0);
@@ -128,10 +169,19 @@ impl crate::Engine {
             counts.failed += v(2);
             counts.cancelled += v(3);
             counts.retried += v(4);
-            for (i, bucket) in counts.duration_buckets.iter_mut().enumerate() {
-                *bucket += v(5 + i);
+            for i in 0..buckets {
+                counts.duration_buckets[i] += v(5 + i);
+                counts.wait_buckets[i] += v(5 + buckets + i);
+            }
+            for (k, kind) in kinds.iter_mut().enumerate() {
+                let at = 5 + 2 * buckets + k * (1 + buckets);
+                kind.started += v(at);
+                for i in 0..buckets {
+                    kind.wait_buckets[i] += v(at + 1 + i);
+                }
             }
         }
+        counts.kinds = kinds.into_iter().filter(|k| k.started > 0).collect();
         Ok(counts)
     }
 }

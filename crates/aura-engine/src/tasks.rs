@@ -187,7 +187,12 @@ impl Engine {
                 &meta.w,
                 step_id,
                 "step.started",
-                json!({"attempt": job.attempt, "worker_id": worker_id}),
+                json!({
+                    "attempt": job.attempt,
+                    "worker_id": worker_id,
+                    "kind": step.kind,
+                    "queue_wait_ms": job.queue_wait_ms,
+                }),
             ));
             tasks.push(Task {
                 task_id: job.lease.id.clone(),
@@ -485,6 +490,17 @@ pub(crate) async fn run_emitter(
             };
             if let Some(what) = counted {
                 *counts.entry((e.workflow.clone(), what.to_string())).or_default() += 1;
+            }
+            // A step attempt's queue wait, per workflow and per step kind.
+            if e.event_type == "step.started"
+                && let (Some(kind), Some(wait)) =
+                    (e.payload["kind"].as_str(), e.payload["queue_wait_ms"].as_u64())
+            {
+                let bucket = format!("w{}", crate::metrics::duration_bucket(wait));
+                *counts.entry((e.workflow.clone(), bucket.clone())).or_default() += 1;
+                let subject = format!("{}#{kind}", e.workflow);
+                *counts.entry((subject.clone(), "started".to_string())).or_default() += 1;
+                *counts.entry((subject, bucket)).or_default() += 1;
             }
             // A finished run's duration, from acceptance (its id's timestamp) to now.
             if matches!(e.event_type, "run.succeeded" | "run.failed")

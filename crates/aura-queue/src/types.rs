@@ -230,6 +230,8 @@ pub struct ClaimedJob {
     pub parent_results: Vec<(String, String)>,
     /// True when this claim moved the flow from pending to running.
     pub flow_started: bool,
+    /// How long it waited ready (or due, when delayed) before this claim, ms.
+    pub queue_wait_ms: u64,
 }
 
 /// The result of a non-blocking claim.
@@ -385,7 +387,7 @@ pub(crate) fn parse_claim(partition: usize, reply: Value) -> Result<(Vec<Claimed
     let mut jobs = Vec::new();
     for job in items(top[0].clone())? {
         let f = items(job)?;
-        if f.len() != 11 {
+        if f.len() != 12 {
             return Err(QueueError::Protocol("claim job reply".into()));
         }
         let parents: Vec<String> = get(&f[9])?;
@@ -402,6 +404,7 @@ pub(crate) fn parse_claim(partition: usize, reply: Value) -> Result<(Vec<Claimed
             flow_input: get(&f[8])?,
             parent_results,
             flow_started: get::<i64>(&f[10])? == 1,
+            queue_wait_ms: get(&f[11])?,
         });
     }
     Ok((jobs, next_at))

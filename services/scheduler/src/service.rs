@@ -171,6 +171,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
             pb::MetricsWindow::LastDay => 1440,
         };
         let counts = self.engine.run_metrics(&req.workflow_name, minutes).await.map_err(to_status)?;
+        let quantile_ms = aura_engine::metrics::quantile_ms;
         Ok(Response::new(pb::GetMetricsResponse {
             workflow_name: req.workflow_name,
             window: if window == pb::MetricsWindow::Unspecified {
@@ -190,7 +191,21 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
                 duration_p95_ms: counts.duration_quantile_ms(0.95),
                 duration_p99_ms: counts.duration_quantile_ms(0.99),
                 durations_counted: counts.durations_counted(),
+                queue_wait_p50_ms: quantile_ms(&counts.wait_buckets, 0.50),
+                queue_wait_p95_ms: quantile_ms(&counts.wait_buckets, 0.95),
+                queue_wait_p99_ms: quantile_ms(&counts.wait_buckets, 0.99),
             }),
+            step_kinds: counts
+                .kinds
+                .iter()
+                .map(|k| pb::StepKindMetrics {
+                    kind: k.kind.clone(),
+                    attempts_started: k.started,
+                    queue_wait_p50_ms: quantile_ms(&k.wait_buckets, 0.50),
+                    queue_wait_p95_ms: quantile_ms(&k.wait_buckets, 0.95),
+                    queue_wait_p99_ms: quantile_ms(&k.wait_buckets, 0.99),
+                })
+                .collect(),
         }))
     }
 

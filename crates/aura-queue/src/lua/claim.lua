@@ -5,7 +5,8 @@
 -- ARGV[5..]  lanes
 -- Returns  {jobs, next_at}: jobs is a list of
 --          {id, lane, attempt, token, deadline, payload, flow, flow_meta, flow_input,
---           parents_and_results (flat list), flow_started (0/1)};
+--           parents_and_results (flat list), flow_started (0/1), queue wait ms (since the
+--           job last became ready: field `rt`)};
 --          next_at is the earliest delayed ready time (ms) over the lanes when nothing was
 --          claimed, else 0.
 local P, WAKE, max, cap = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -81,7 +82,7 @@ for li = 5, #ARGV do
     local token_base = #ids > 0 and (redis.call('INCRBY', P .. 'lease', #ids) - #ids) or 0
     for _, id in ipairs(ids) do
       local jk = P .. 'j:' .. id
-      local f = redis.call('HMGET', jk, 'a', 't', 'd', 'f', 'pa')
+      local f = redis.call('HMGET', jk, 'a', 't', 'd', 'f', 'pa', 'rt')
       local attempt = (tonumber(f[1]) or 0) + 1
       local deadline = now + (tonumber(f[2]) or 30000)
       claimed = claimed + 1
@@ -113,7 +114,8 @@ for li = 5, #ARGV do
       else
         flow = ''
       end
-      jobs[#jobs + 1] = {id, lane, attempt, token, deadline, f[3] or '', flow, meta, input, parents, started}
+      jobs[#jobs + 1] = {id, lane, attempt, token, deadline, f[3] or '', flow, meta, input, parents, started,
+        int(math.max(0, now - (tonumber(f[6]) or now)))}
     end
     if claimed > 0 then stat(P, lane, 'active', claimed) end
     if #jobs == 0 then

@@ -21,7 +21,7 @@ for i = 0, n - 1 do
     local state = 'w'
     if delay > 0 then state = 'd' end
     redis.call('HSET', jk, 'q', lane, 'p', ARGV[o + 2], 'a', '0', 'm', ARGV[o + 4], 'b', ARGV[o + 5],
-      't', ARGV[o + 6], 'd', ARGV[o + 7], 's', state, 'ts', now_s)
+      't', ARGV[o + 6], 'd', ARGV[o + 7], 's', state, 'ts', now_s, 'rt', int(now + delay))
     if delay > 0 then
       push_delayed(P, WAKE, id, lane, now + delay)
     else

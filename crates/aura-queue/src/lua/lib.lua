@@ -26,7 +26,8 @@
 --                               ":epoch" and ":n" beside it, as aura-bus lays out topics
 -- Job hash fields: q lane, p priority, a attempts made, m max attempts, b backoff
 -- "initial_ms,multiplier,max_ms,jitter", t lease ms, d payload, s state, l lease token,
--- e last error, r result, ts created, st started, ft finished; flow jobs also: f flow id,
+-- e last error, r result, ts created, st started, ft finished, rt when it last became ready
+-- (or is due, while delayed: queue wait is measured from it); flow jobs also: f flow id,
 -- pa parent ids, n dependent ids (comma-separated), pc parents still pending, cf
 -- continue-on-failure flag, dl delay once ready (ms), k concurrency key ('' for none).
 -- States: b blocked on parents, w waiting, d delayed, a active, c completed, f failed (dead),
@@ -192,10 +193,10 @@ end
 local function unblock(P, WAKE, id, lane, prio, key, wait, now)
   local jk = P .. 'j:' .. id
   if wait > 0 then
-    redis.call('HSET', jk, 's', 'd')
+    redis.call('HSET', jk, 's', 'd', 'rt', int(now + wait))
     push_delayed(P, WAKE, id, lane, now + wait)
   else
-    redis.call('HSET', jk, 's', 'w')
+    redis.call('HSET', jk, 's', 'w', 'rt', int(now))
     push_ready(P, WAKE, id, lane, prio, key)
   end
 end
@@ -338,11 +339,11 @@ local function fail_job(P, WAKE, id, err, retryable, retry_after, rand, now)
       emit(P, WAKE, flow, 'step.retrying', {step_id = step_of(id), attempt = attempts, error = err, retry_at_ms = now + delay}, now)
     end
     if delay > 0 then
-      redis.call('HSET', jk, 's', 'd')
+      redis.call('HSET', jk, 's', 'd', 'rt', int(now + delay))
       push_delayed(P, WAKE, id, lane, now + delay)
       return {'retry', now + delay, {}}
     end
-    redis.call('HSET', jk, 's', 'w')
+    redis.call('HSET', jk, 's', 'w', 'rt', int(now))
     push_ready(P, WAKE, id, lane, prio, f[8])
     return {'retry', now, {}}
   end

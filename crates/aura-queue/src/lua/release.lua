@@ -4,6 +4,7 @@
 -- ARGV[1]  P      ARGV[2]  WAKE      ARGV[3..]  id, token pairs
 -- Returns  per job: 1 released, 0 refused.
 local P, WAKE = ARGV[1], ARGV[2]
+local now = now_ms()
 local out = {}
 for i = 3, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
@@ -15,7 +16,7 @@ for i = 3, #ARGV, 2 do
     key_done(P, WAKE, f[3], f[6])
     local attempts = (tonumber(f[5]) or 1) - 1
     if attempts < 0 then attempts = 0 end
-    redis.call('HSET', jk, 's', 'w', 'l', '', 'a', attempts)
+    redis.call('HSET', jk, 's', 'w', 'l', '', 'a', attempts, 'rt', int(now))
     push_ready(P, WAKE, id, f[3], tonumber(f[4]) or 0, f[6])
     out[#out + 1] = 1
   else

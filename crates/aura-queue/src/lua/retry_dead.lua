@@ -6,13 +6,14 @@
 -- Returns  how many were put back.
 local P, WAKE, lane = ARGV[1], ARGV[2], ARGV[3]
 local dead = lane_key(P, lane, 'dead')
+local now = now_ms()
 local count = 0
 for i = 4, #ARGV do
   local id = ARGV[i]
   if redis.call('ZREM', dead, id) == 1 then
     local jk = P .. 'j:' .. id
     local f = redis.call('HMGET', jk, 'p', 'f', 'k')
-    redis.call('HSET', jk, 's', 'w', 'a', 0, 'e', '', 'ft', '')
+    redis.call('HSET', jk, 's', 'w', 'a', 0, 'e', '', 'ft', '', 'rt', int(now))
     stat(P, lane, 'dead', -1)
     push_ready(P, WAKE, id, lane, tonumber(f[1]) or 0, f[3])
     count = count + 1
@@ -27,7 +28,7 @@ for i = 4, #ARGV do
             if (tonumber(j[2]) or 0) > 0 then
               redis.call('HSET', jkey, 's', 'b', 'ft', '')
             else
-              redis.call('HSET', jkey, 's', 'w', 'a', 0, 'ft', '')
+              redis.call('HSET', jkey, 's', 'w', 'a', 0, 'ft', '', 'rt', int(now))
               push_ready(P, WAKE, jid, j[3], tonumber(j[4]) or 0, j[5])
             end
           end
@@ -46,7 +47,7 @@ for i = 4, #ARGV do
         if redis.call('EXISTS', P .. 'ev:runs.' .. flow .. ':epoch') == 0 then
           redis.call('HDEL', fk, 'ev')
         end
-        emit(P, WAKE, flow, 'run.reopened', {step_id = step_of(id)}, now_ms())
+        emit(P, WAKE, flow, 'run.reopened', {step_id = step_of(id)}, now)
       end
     end
   end

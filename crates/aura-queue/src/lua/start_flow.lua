@@ -67,7 +67,7 @@ for i = 0, n - 1 do
     if wait > 0 then state = 'd' else state = 'w' end
   end
   redis.call('HSET', P .. 'j:' .. id, 'q', lane, 'p', prio, 'a', 0, 'm', ARGV[o + 2], 'b', ARGV[o + 3],
-    't', ARGV[o + 4], 'd', ARGV[o + 5], 's', state, 'ts', now, 'f', flow, 'pa', parents,
+    't', ARGV[o + 4], 'd', ARGV[o + 5], 's', state, 'ts', now, 'rt', int(now + wait), 'f', flow, 'pa', parents,
     'n', ARGV[o + 7], 'pc', pc, 'cf', ARGV[o + 8], 'dl', dl, 'k', ckey)
   if state == 'd' then
     push_delayed(P, WAKE, id, lane, now + wait)
