@@ -4,25 +4,14 @@
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use aura_e2e::spec;
+use aura_e2e::{aura_bin, spec};
 use aura_proto::v1 as pb;
 use aura_testkit::{RedisServer, free_port, wait_until};
 use serde_json::json;
-
-fn aura_bin() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/aura");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --bin aura` first (scripts/test.sh does)",
-        bin.display()
-    );
-    bin
-}
 
 struct Killed(Child);
 

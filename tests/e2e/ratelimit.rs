@@ -22,16 +22,26 @@ async fn gateway(
     limit: aura_ratelimit::Limit,
     stop: &CancellationToken,
 ) -> SocketAddr {
+    gateway_with(mesh, redis, stop, |c| c.rate_limit = Some(limit)).await
+}
+
+/// A gateway in front of `mesh` without auth, adjusted by `tweak`, until `stop`.
+async fn gateway_with(
+    mesh: &Mesh,
+    redis: &RedisServer,
+    stop: &CancellationToken,
+    tweak: impl FnOnce(&mut aura_gateway::Config),
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let config = aura_gateway::Config {
+    let mut config = aura_gateway::Config {
         scheduler_urls: vec![format!("http://{}", mesh.scheduler)],
         events_urls: vec![format!("http://{}", mesh.events)],
         redis_url: redis.url(),
         insecure_no_auth: true,
-        rate_limit: Some(limit),
         ..Default::default()
     };
+    tweak(&mut config);
     let stop = stop.clone();
     tokio::spawn(async move { aura_gateway::serve(config, listener, stop).await.unwrap() });
     addr
@@ -158,18 +168,7 @@ async fn past_max_in_flight_calls_are_shed_with_unavailable_and_health_still_ans
     let redis = RedisServer::start();
     let mesh = Mesh::start(&redis.url(), MeshOptions { worker_concurrency: 0, ..Default::default() }).await;
     let stop = CancellationToken::new();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let config = aura_gateway::Config {
-        scheduler_urls: vec![format!("http://{}", mesh.scheduler)],
-        events_urls: vec![format!("http://{}", mesh.events)],
-        redis_url: redis.url(),
-        insecure_no_auth: true,
-        max_in_flight: 1,
-        ..Default::default()
-    };
-    let serving = stop.clone();
-    tokio::spawn(async move { aura_gateway::serve(config, listener, serving).await.unwrap() });
+    let addr = gateway_with(&mesh, &redis, &stop, |c| c.max_in_flight = 1).await;
     let mut gw = client(addr).await;
     gw.get_queue_stats(pb::GetQueueStatsRequest { queue: "builtin".into() }).await.expect("one call passes");
 
@@ -216,19 +215,11 @@ async fn a_method_can_cost_more_than_one_token() {
     let redis = RedisServer::start();
     let mesh = Mesh::start(&redis.url(), MeshOptions { worker_concurrency: 0, ..Default::default() }).await;
     let stop = CancellationToken::new();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let config = aura_gateway::Config {
-        scheduler_urls: vec![format!("http://{}", mesh.scheduler)],
-        events_urls: vec![format!("http://{}", mesh.events)],
-        redis_url: redis.url(),
-        insecure_no_auth: true,
-        rate_limit: Some(aura_ratelimit::Limit { rps: 1, burst: 5 }),
-        method_costs: [("GetQueueStats".to_string(), 3)].into(),
-        ..Default::default()
-    };
-    let serving = stop.clone();
-    tokio::spawn(async move { aura_gateway::serve(config, listener, serving).await.unwrap() });
+    let addr = gateway_with(&mesh, &redis, &stop, |c| {
+        c.rate_limit = Some(aura_ratelimit::Limit { rps: 1, burst: 5 });
+        c.method_costs = [("GetQueueStats".to_string(), 3)].into();
+    })
+    .await;
     let mut gw = client(addr).await;
     let stats = || pb::GetQueueStatsRequest { queue: "builtin".into() };
     let first = gw.get_queue_stats(stats()).await.expect("3 of 5 tokens");

@@ -12,13 +12,12 @@ use std::{
     collections::HashMap,
     io::{BufRead, BufReader},
     net::SocketAddr,
-    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use aura_e2e::{input, spec, wait_for_run};
+use aura_e2e::{aura_bin, input, spec, wait_for_run};
 use aura_proto::v1 as pb;
 use aura_testkit::{RedisServer, free_port, mesh::Mesh, wait_until};
 use opentelemetry_proto::tonic::{
@@ -85,18 +84,6 @@ impl TraceService for Collector {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn aura_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("AURA_BIN") {
-        return PathBuf::from(path);
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    let bin = target.join("debug").join("aura");
-    assert!(bin.exists(), "{} is missing: build it first (scripts/test.sh does)", bin.display());
-    bin
 }
 
 /// One `aura serve <role>` process exporting traces to `otlp`, its stderr kept.

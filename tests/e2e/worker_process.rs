@@ -10,7 +10,6 @@
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
-    path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
         Arc, Mutex,
@@ -20,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aura_e2e::{input, spec, wait_for_run};
+use aura_e2e::{aura_bin, input, spec, wait_for_run};
 use aura_proto::v1 as pb;
 use aura_testkit::{
     RedisServer,
@@ -38,23 +37,6 @@ use tonic::transport::Channel;
 
 // ---------------------------------------------------------------------------------------
 // The `aura` binary as a worker process.
-
-fn aura_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("AURA_BIN") {
-        return PathBuf::from(path);
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    let bin = target.join("debug").join("aura");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first with `cargo build -p aura-cli --bin aura` (scripts/test.sh does), \
-         or point AURA_BIN at an aura binary",
-        bin.display()
-    );
-    bin
-}
 
 struct WorkerProcess {
     child: Child,
