@@ -261,6 +261,19 @@ OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
 AURA_WORKER_CONCURRENCY: {{ $r.concurrency | quote }}
 {{- end }}
 {{- if eq $role "gateway" }}
+AURA_RATE_LIMIT_RPS: {{ $r.rateLimit.rps | quote }}
+AURA_RATE_LIMIT_BURST: {{ $r.rateLimit.burst | quote }}
+{{- with $r.rateLimit.groups }}
+AURA_RATE_LIMIT_GROUPS: {{ join "," . | quote }}
+{{- end }}
+{{- with $r.rateLimit.costs }}
+AURA_RATE_LIMIT_COSTS: {{ join "," . | quote }}
+{{- end }}
+{{- if $r.rateLimit.failClosed }}
+AURA_RATE_LIMIT_FAIL_CLOSED: "true"
+{{- end }}
+AURA_MAX_MESSAGE_BYTES: {{ $r.maxMessageBytes | int64 | quote }}
+AURA_MAX_IN_FLIGHT: {{ $r.maxInFlight | int64 | quote }}
 {{- if $root.Values.auth.enabled }}
 AURA_API_KEYS_FILE: "/etc/aura/auth/api-keys"
 {{- else }}
