@@ -19,6 +19,13 @@ use tonic_reflection::server::{
 
 use crate::redis::RedisConn;
 
+/// The gRPC status code in a response head, if there is one there. Errors answer
+/// trailers-only, so their code is in the head; a success's is in trailers a tower layer
+/// does not see, so `None` means OK (or a stream still running).
+pub fn head_status(headers: &tonic::codegen::http::HeaderMap) -> Option<i32> {
+    headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+}
+
 /// Binds a listener. Tests bind `127.0.0.1:0` and hand the bound listener to `serve`.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await

@@ -163,11 +163,7 @@ where
         Box::pin(async move {
             let result = future.await;
             let code = match &result {
-                Ok(resp) => resp
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
+                Ok(resp) => crate::grpc::head_status(resp.headers())
                     .map_or("OK".to_string(), |c| format!("{:?}", tonic::Code::from_i32(c))),
                 Err(_) => "TransportError".to_string(),
             };

@@ -30,13 +30,6 @@ pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
 }
 
-impl Telemetry {
-    /// Whether spans are exported.
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
-    }
-}
-
 impl Drop for Telemetry {
     fn drop(&mut self) {
         if let Some(provider) = self.provider.take()
@@ -87,7 +80,6 @@ pub fn init(service_name: &str) -> Telemetry {
     } else {
         None
     };
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let logs = if std::io::stderr().is_terminal() {
         fmt::layer().with_writer(std::io::stderr).boxed()
     } else {
@@ -225,14 +217,7 @@ where
             async move {
                 let result = future.await;
                 if let Ok(resp) = &result {
-                    // Errors come trailers-only (status in the head); a success's status is
-                    // in trailers this layer doesn't see, so absent means OK.
-                    let code = resp
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<i32>().ok())
-                        .unwrap_or(0);
+                    let code = crate::grpc::head_status(resp.headers()).unwrap_or(0);
                     let span = Span::current();
                     span.record("rpc.grpc.status_code", code);
                     if code != 0 {
