@@ -392,15 +392,15 @@ async fn memory(n: usize) -> anyhow::Result<Vec<String>> {
             "10000000".into(),
         ],
     )?;
-    for addr in &addrs {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Mesh::health(*addr, "").await != Some(1) {
-            anyhow::ensure!(Instant::now() < deadline, "{addr} did not become healthy");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    for addr in addrs.iter().copied() {
+        aura_testkit::wait_until("every role serves", Duration::from_secs(30), || async move {
+            Mesh::health(addr, "").await == Some(1)
+        })
+        .await;
     }
     let procs = [("gateway", &gateway), ("scheduler", &scheduler), ("worker", &worker), ("events", &events)];
-    // Idle: serving and connected, after a moment with nothing to do.
+    // Idle: serving and connected, after 2 s with nothing to do (the figure's definition,
+    // not a wait for something to happen).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle: Vec<f64> = procs.iter().map(|(_, p)| rss_mib(p.0.id()).0).collect();
 
