@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use aura_e2e::{input, spec, wait_for_run};
+use aura_e2e::{input, run_to_end, spec, wait_for_run};
 use aura_proto::v1 as pb;
 use aura_testkit::{
     RedisServer,
@@ -33,17 +33,7 @@ async fn noop_run_succeeds_end_to_end_through_the_gateway() {
         .into_inner();
     assert_eq!((again.created, again.workflow.unwrap().version), (false, 1));
 
-    let started = gw
-        .start_run(pb::StartRunRequest {
-            workflow_name: "one".into(),
-            input: input(json!({"x": 1})),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let run_id = started.run.unwrap().run_id;
-    let run = wait_for_run(&mut gw, &run_id, Duration::from_secs(20)).await;
+    let run = run_to_end(&mut gw, "one", json!({"x": 1})).await;
     assert_eq!(run.state, pb::RunState::Succeeded as i32, "{run:?}");
     assert_eq!(run.steps[0].state, pb::StepState::Succeeded as i32);
     assert_eq!(run.steps[0].attempts, 1);

@@ -35,6 +35,25 @@ pub fn input(value: serde_json::Value) -> Option<prost_types::Struct> {
     json::json_to_struct(&value)
 }
 
+/// Starts a run of `workflow` with `input` and waits for its final state.
+pub async fn run_to_end(
+    client: &mut GatewayClient<Channel>,
+    workflow: &str,
+    input_json: serde_json::Value,
+) -> pb::Run {
+    let started = client
+        .start_run(pb::StartRunRequest {
+            workflow_name: workflow.into(),
+            input: input(input_json),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|s| panic!("StartRun {workflow}: {s:?}"))
+        .into_inner();
+    let run_id = started.run.expect("StartRun answers the run").run_id;
+    wait_for_run(client, &run_id, Duration::from_secs(20)).await
+}
+
 /// Waits until the run reaches a final state and returns it.
 pub async fn wait_for_run(client: &mut GatewayClient<Channel>, run_id: &str, timeout: Duration) -> pb::Run {
     let final_states =

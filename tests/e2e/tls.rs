@@ -18,7 +18,7 @@ use std::{
 };
 
 use aura_common::tls::{ClientTls, ServerTls};
-use aura_e2e::{aura_bin, input, spec, wait_for_run};
+use aura_e2e::{aura_bin, run_to_end, spec};
 use aura_proto::v1 as pb;
 use aura_testkit::{
     RedisServer,
@@ -323,19 +323,9 @@ async fn internal_services_over_tls_run_workflows_and_refuse_gateways_without_th
     let mut gw = mesh.gateway().await;
     let wf = spec(json!({"name": "tls", "steps": [{"id": "only", "kind": "noop"}]}));
     gw.register_workflow(pb::RegisterWorkflowRequest { spec: Some(wf) }).await.unwrap();
-    let started = gw
-        .start_run(pb::StartRunRequest {
-            workflow_name: "tls".into(),
-            input: input(json!({"x": 1})),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let run_id = started.run.unwrap().run_id;
-    let run = wait_for_run(&mut gw, &run_id, Duration::from_secs(20)).await;
+    let run = run_to_end(&mut gw, "tls", json!({"x": 1})).await;
     assert_eq!(run.state, pb::RunState::Succeeded as i32, "{run:?}");
-    let mut events = gw.watch_run(pb::WatchRunRequest { run_id }).await.unwrap().into_inner();
+    let mut events = gw.watch_run(pb::WatchRunRequest { run_id: run.run_id }).await.unwrap().into_inner();
     let mut types = Vec::new();
     while let Some(event) = tokio_stream::StreamExt::next(&mut events).await {
         types.push(event.expect("events over TLS").r#type);
