@@ -33,6 +33,20 @@ impl EngineError {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         EngineError::Invalid { field: field.into(), reason: reason.into() }
     }
+
+    /// The same error again, for each item of a batch that one failure ended (redis's
+    /// error is not `Clone`; its kind, and so the status it maps to, is kept).
+    pub fn duplicate(&self) -> Self {
+        match self {
+            EngineError::Invalid { field, reason } => EngineError::invalid(field.clone(), reason.clone()),
+            EngineError::NotFound(m) => EngineError::NotFound(m.clone()),
+            EngineError::FailedPrecondition(m) => EngineError::FailedPrecondition(m.clone()),
+            EngineError::Redis(e) => {
+                EngineError::Redis(redis::RedisError::from((e.kind(), "redis failed", e.to_string())))
+            }
+            EngineError::Corrupt(m) => EngineError::Corrupt(m.clone()),
+        }
+    }
 }
 
 impl From<QueueError> for EngineError {

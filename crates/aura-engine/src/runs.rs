@@ -174,38 +174,71 @@ pub(crate) struct FlowMeta {
     pub t: HashMap<String, String>,
 }
 
+/// A run checked and laid out as a flow, ready for its start script.
+struct PreparedRun {
+    req: StartRequest,
+    wf: std::sync::Arc<crate::registry::Workflow>,
+    partition: usize,
+    flow: aura_queue::NewFlow,
+}
+
 impl Engine {
     /// Starts one run.
     pub async fn start_run(&self, req: StartRequest) -> Result<Started, EngineError> {
-        let (started, event) = self.start_run_quiet(req).await?;
+        let run = self.prepare_run(req).await?;
+        let start = self.queue.start_flow(run.partition, run.flow.clone()).await?;
+        let (started, event) = finish_start(&run, start);
         if let Some(event) = event {
             self.emit(vec![event]).await;
         }
         Ok(started)
     }
 
-    /// Starts many runs concurrently (the multiplexed Redis connection pipelines them) and
-    /// publishes their events in one batch. One result per request, in order.
+    /// Starts many runs: each is checked on its own, then the valid ones go to Redis with
+    /// one script call per partition and [`aura_queue::START_FLOWS_PER_CALL`] runs, and
+    /// their events are published in one batch. One result per request, in order.
     pub async fn start_runs(&self, reqs: Vec<StartRequest>) -> Vec<Result<Started, EngineError>> {
-        let results = futures::future::join_all(reqs.into_iter().map(|r| self.start_run_quiet(r))).await;
+        let prepared = futures::future::join_all(reqs.into_iter().map(|r| self.prepare_run(r))).await;
+        let partitions = self.queue.keys().partitions();
+        let mut by_partition: Vec<Vec<(usize, PreparedRun)>> = (0..partitions).map(|_| Vec::new()).collect();
+        let mut out: Vec<Option<Result<Started, EngineError>>> = Vec::with_capacity(prepared.len());
+        for (i, run) in prepared.into_iter().enumerate() {
+            match run {
+                Ok(run) => {
+                    by_partition[run.partition].push((i, run));
+                    out.push(None);
+                }
+                Err(e) => out.push(Some(Err(e))),
+            }
+        }
+        let calls = by_partition.into_iter().filter(|runs| !runs.is_empty()).map(|runs| async move {
+            let flows = runs.iter().map(|(_, r)| r.flow.clone()).collect();
+            let starts = self.queue.start_flows(runs[0].1.partition, flows).await;
+            (runs, starts)
+        });
         let mut events = Vec::new();
-        let out = results
-            .into_iter()
-            .map(|r| {
-                r.map(|(started, event)| {
-                    events.extend(event);
-                    started
-                })
-            })
-            .collect();
+        for (runs, starts) in futures::future::join_all(calls).await {
+            match starts {
+                Ok(starts) => {
+                    for ((i, run), start) in runs.iter().zip(starts) {
+                        let (started, event) = finish_start(run, start);
+                        events.extend(event);
+                        out[*i] = Some(Ok(started));
+                    }
+                }
+                Err(err) => {
+                    let err = EngineError::from(err);
+                    for (i, _) in &runs {
+                        out[*i] = Some(Err(err.duplicate()));
+                    }
+                }
+            }
+        }
         self.emit(events).await;
-        out
+        out.into_iter().map(|r| r.expect("every run has a result")).collect()
     }
 
-    async fn start_run_quiet(
-        &self,
-        req: StartRequest,
-    ) -> Result<(Started, Option<LifecycleEvent>), EngineError> {
+    async fn prepare_run(&self, req: StartRequest) -> Result<PreparedRun, EngineError> {
         if req.workflow_name.is_empty() {
             return Err(EngineError::invalid("workflow_name", "is required"));
         }
@@ -270,50 +303,7 @@ impl Engine {
             concurrency_limit: spec.max_concurrent_runs,
             jobs,
         };
-        let start = self.queue.start_flow(partition, flow).await?;
-        let view = start.created.then(|| RunView {
-            run_id: start.flow_id.clone(),
-            workflow_name: spec.name.clone(),
-            workflow_version: wf.version,
-            state: RunState::Pending,
-            input: input.clone(),
-            steps: spec
-                .steps
-                .iter()
-                .map(|step| StepView {
-                    step_id: step.id.clone(),
-                    kind: step.kind.clone(),
-                    // As start_flow sets them: roots ready (or delayed: also "queued")
-                    // unless the run waits for its workflow's concurrency limit.
-                    state: if start.admitted && step.depends_on.is_empty() {
-                        StepState::Queued
-                    } else {
-                        StepState::Blocked
-                    },
-                    attempts: 0,
-                    output: None,
-                    error: String::new(),
-                    started_at_ms: 0,
-                    finished_at_ms: 0,
-                })
-                .collect(),
-            output: None,
-            error: String::new(),
-            created_at_ms: start.created_at_ms,
-            started_at_ms: 0,
-            finished_at_ms: 0,
-            priority: req.priority as u16,
-            idempotency_key: req.idempotency_key.clone(),
-        });
-        let event = start.created.then(|| {
-            LifecycleEvent::run(
-                &start.flow_id,
-                &spec.name,
-                "run.queued",
-                json!({"workflow_version": wf.version}),
-            )
-        });
-        Ok((Started { run_id: start.flow_id, created: start.created, view }, event))
+        Ok(PreparedRun { req, wf, partition, flow })
     }
 
     fn partition_of(&self, run_id: &str) -> Result<usize, EngineError> {
@@ -481,6 +471,50 @@ impl Engine {
         }
         Ok(run)
     }
+}
+
+/// What a started (or repeated) run answers, built from what its start script returned.
+fn finish_start(run: &PreparedRun, start: aura_queue::FlowStart) -> (Started, Option<LifecycleEvent>) {
+    let (req, wf) = (&run.req, &run.wf);
+    let (spec, input) = (&wf.spec, &req.input);
+    let view = start.created.then(|| RunView {
+        run_id: start.flow_id.clone(),
+        workflow_name: spec.name.clone(),
+        workflow_version: wf.version,
+        state: RunState::Pending,
+        input: input.clone(),
+        steps: spec
+            .steps
+            .iter()
+            .map(|step| StepView {
+                step_id: step.id.clone(),
+                kind: step.kind.clone(),
+                // As start_flow sets them: roots ready (or delayed: also "queued")
+                // unless the run waits for its workflow's concurrency limit.
+                state: if start.admitted && step.depends_on.is_empty() {
+                    StepState::Queued
+                } else {
+                    StepState::Blocked
+                },
+                attempts: 0,
+                output: None,
+                error: String::new(),
+                started_at_ms: 0,
+                finished_at_ms: 0,
+            })
+            .collect(),
+        output: None,
+        error: String::new(),
+        created_at_ms: start.created_at_ms,
+        started_at_ms: 0,
+        finished_at_ms: 0,
+        priority: req.priority as u16,
+        idempotency_key: req.idempotency_key.clone(),
+    });
+    let event = start.created.then(|| {
+        LifecycleEvent::run(&start.flow_id, &spec.name, "run.queued", json!({"workflow_version": wf.version}))
+    });
+    (Started { run_id: start.flow_id, created: start.created, view }, event)
 }
 
 fn summary(run_id: &str, flow: &HashMap<String, String>) -> Result<RunView, EngineError> {

@@ -50,6 +50,11 @@ pub enum QueueError {
 
 type Result<T> = std::result::Result<T, QueueError>;
 
+/// Most flows created per script call by [`Queue::start_flows`]: large enough that a call's
+/// fixed costs vanish per flow, small enough that one call holds Redis for milliseconds,
+/// not tens of them.
+pub const START_FLOWS_PER_CALL: usize = 100;
+
 /// A handle on the queue of one AURA installation. Cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
@@ -149,33 +154,48 @@ impl Queue {
 
     /// Creates a flow (see the crate docs) in partition `partition`.
     pub async fn start_flow(&self, partition: usize, flow: NewFlow) -> Result<FlowStart> {
-        let mut inv = self.invocation(&scripts::START_FLOW, partition);
-        inv.arg(&flow.id)
-            .arg(&flow.idempotency_key)
-            .arg(flow.idempotency_ttl.as_secs().max(1))
-            .arg(&flow.meta)
-            .arg(&flow.input)
-            .arg(flow.delay.as_millis() as u64)
-            .arg(flow.priority)
-            .arg(&flow.index)
-            .arg(&flow.concurrency_key)
-            .arg(flow.concurrency_limit)
-            .arg(flow.timeout.as_millis() as u64)
-            .arg(flow.jobs.len());
-        for job in &flow.jobs {
-            inv.arg(&job.id)
-                .arg(&job.queue)
-                .arg(job.retry.max_attempts)
-                .arg(job.retry.encode())
-                .arg(job.lease.as_millis() as u64)
-                .arg(&job.payload)
-                .arg(job.parents.join(","))
-                .arg(job.dependents.join(","))
-                .arg(if job.continue_on_failure { "1" } else { "0" })
-                .arg(job.release_delay.as_millis() as u64);
+        let mut started = self.start_flows(partition, vec![flow]).await?;
+        started.pop().ok_or_else(|| QueueError::Protocol("start_flows reply".into()))
+    }
+
+    /// Creates many flows in partition `partition`, in order, with one script call per
+    /// [`START_FLOWS_PER_CALL`] flows (each flow on its own: a repeated idempotency key
+    /// returns the first flow, even within the batch). One result per flow.
+    pub async fn start_flows(&self, partition: usize, flows: Vec<NewFlow>) -> Result<Vec<FlowStart>> {
+        let mut out = Vec::with_capacity(flows.len());
+        for chunk in flows.chunks(START_FLOWS_PER_CALL) {
+            let mut inv = self.invocation(&scripts::START_FLOWS, partition);
+            inv.arg(chunk.len());
+            for flow in chunk {
+                inv.arg(&flow.id)
+                    .arg(&flow.idempotency_key)
+                    .arg(flow.idempotency_ttl.as_secs().max(1))
+                    .arg(&flow.meta)
+                    .arg(&flow.input)
+                    .arg(flow.delay.as_millis() as u64)
+                    .arg(flow.priority)
+                    .arg(&flow.index)
+                    .arg(&flow.concurrency_key)
+                    .arg(flow.concurrency_limit)
+                    .arg(flow.timeout.as_millis() as u64)
+                    .arg(flow.jobs.len());
+                for job in &flow.jobs {
+                    inv.arg(&job.id)
+                        .arg(&job.queue)
+                        .arg(job.retry.max_attempts)
+                        .arg(job.retry.encode())
+                        .arg(job.lease.as_millis() as u64)
+                        .arg(&job.payload)
+                        .arg(job.parents.join(","))
+                        .arg(job.dependents.join(","))
+                        .arg(if job.continue_on_failure { "1" } else { "0" })
+                        .arg(job.release_delay.as_millis() as u64);
+                }
+            }
+            let mut conn = self.conn.clone();
+            out.extend(types::parse_flow_starts(inv.invoke_async(&mut conn).await?)?);
         }
-        let mut conn = self.conn.clone();
-        types::parse_flow_start(inv.invoke_async(&mut conn).await?)
+        Ok(out)
     }
 
     /// Claims up to `max` ready jobs from `queues` without waiting. Partitions are visited

@@ -410,7 +410,11 @@ pub(crate) fn parse_claim(partition: usize, reply: Value) -> Result<(Vec<Claimed
     Ok((jobs, next_at))
 }
 
-pub(crate) fn parse_flow_start(reply: Value) -> Result<FlowStart> {
+pub(crate) fn parse_flow_starts(reply: Value) -> Result<Vec<FlowStart>> {
+    items(reply)?.into_iter().map(parse_flow_start).collect()
+}
+
+fn parse_flow_start(reply: Value) -> Result<FlowStart> {
     let f = items(reply)?;
     if f.len() < 2 {
         return Err(QueueError::Protocol("start_flow reply".into()));

@@ -68,7 +68,7 @@ for li = 5, #ARGV do
   if #jobs >= max then break end
   if redis.call('EXISTS', lane_key(P, lane, 'paused')) == 0 then
     local dkey = lane_key(P, lane, 'delayed')
-    local due = redis.call('ZRANGEBYSCORE', dkey, '-inf', now, 'LIMIT', 0, 1000)
+    local due = redis.call('ZRANGEBYSCORE', dkey, '-inf', int(now), 'LIMIT', 0, 1000)
     for _, id in ipairs(due) do
       local jk = P .. 'j:' .. id
       redis.call('HSET', jk, 's', 'w')
@@ -96,9 +96,9 @@ for li = 5, #ARGV do
         local fk = P .. 'f:' .. flow
         local fl = flows[flow]
         if fl == nil then
-          local ff = redis.call('HMGET', fk, 'meta', 'in', 'state')
+          local ff = read_flow(P, flow, 'meta', 'in', 'state')
           if ff[3] == 'pending' then
-            redis.call('HSET', fk, 'state', 'running', 'st', now)
+            redis.call('HSET', fk, 'state', 'running', 'st', now_s)
             emit(P, WAKE, flow, 'run.started', {}, now)
             started = 1
           end

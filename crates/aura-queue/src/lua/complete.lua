@@ -17,7 +17,7 @@ for i = 0, n - 1 do
   local o = 4 + i * 3
   local id, token = ARGV[o], ARGV[o + 1]
   local jk = P .. 'j:' .. id
-  local f = redis.call('HMGET', jk, 'l', 's', 'q', 'f', 'k')
+  local f = redis.call('HMGET', jk, 'l', 's', 'q', 'f', 'k', 'n')
   if f[2] == false or f[2] == nil then
     out[#out + 1] = {0, 'unknown task'}
   elseif f[2] ~= 'a' or f[1] ~= token then
@@ -31,7 +31,7 @@ for i = 0, n - 1 do
     if flow and flow ~= '' then
       local ready = {}
       emit(P, WAKE, flow, 'step.succeeded', {step_id = step_of(id)}, now)
-      release_dependents(P, WAKE, flow, id, now, false, ready, nil)
+      release_dependents(P, WAKE, flow, id, now, false, ready, nil, f[6] or '')
       out[#out + 1] = {1, ready, settle_flow(P, WAKE, flow, now, 1), emit_cache[flow][2]}
     else
       done[#done + 1] = now_s

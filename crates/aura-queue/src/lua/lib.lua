@@ -54,8 +54,23 @@ local function int(n)
 end
 
 -- The wait-set score: priority band first, then FIFO sequence.
+-- ('%d' formats through a 64-bit integer: exact below 2^53, and far cheaper than '%.0f'.)
 local function wait_score(prio, seq)
-  return string.format('%.0f', (PRIO_MAX - prio) * SEQ_SPAN + (seq % SEQ_SPAN))
+  return string.format('%d', (PRIO_MAX - prio) * SEQ_SPAN + (seq % SEQ_SPAN))
+end
+
+-- FIFO sequence numbers, reserved from P.."seq" in blocks for the script call: a call that
+-- makes many jobs ready (a batch of new runs) bumps the counter once per block, not once per
+-- job. Unused numbers of a block are skipped, which only leaves gaps.
+local SEQ_BLOCK = 16
+local seq_next, seq_last = 0, -1
+local function next_seq(P)
+  if seq_next > seq_last then
+    seq_last = redis.call('INCRBY', P .. 'seq', SEQ_BLOCK)
+    seq_next = seq_last - SEQ_BLOCK + 1
+  end
+  seq_next = seq_next + 1
+  return seq_next - 1
 end
 
 -- ZADD/ZREM with many members in one call (chunked below Lua's unpack limit).
@@ -83,42 +98,89 @@ local function event_channel_prefix(WAKE)
   return string.sub(WAKE, 1, -6) .. 'evc:'
 end
 
--- Appends an event to the flow's stream and publishes it live. `fields` becomes the JSON
--- payload, with run_id and workflow added.
--- Per script call: a flow's epoch and workflow name, read once however many events it gets.
+-- A flow's lifecycle events are buffered for the length of the script call and written by
+-- `flush_events`, which the script wrapper (scripts.rs) calls after every script body. A
+-- flow that gets several events in one call (run.started + step.started when claimed,
+-- step.succeeded + run.succeeded when its last step completes) then reserves their numbers
+-- with one INCRBY and goes out live in one PUBLISH (records joined by '\n', as aura-bus
+-- does), instead of an INCR and a PUBLISH per event. Per flow: {epoch, workflow name,
+-- events, fresh (its topic starts here: numbers from 1, no counter to read), expire (the
+-- flow ended: its history expires after the retention period), flow hash fields read once}.
 local emit_cache = {}
+local emit_order = {}
+local emit_ctx = nil
 
--- The epoch is also kept in the flow hash (field `ev`, written with the flow), so one HMGET
--- reads both; flows from before that field existed fall back to the epoch key.
-local function emit(P, WAKE, flow, etype, fields, now)
-  local key = P .. 'ev:runs.' .. flow
-  local cached = emit_cache[flow]
-  if cached == nil then
-    local f = redis.call('HMGET', P .. 'f:' .. flow, 'ix', 'ev')
-    local epoch = f[2] or redis.call('GET', key .. ':epoch')
-    if not epoch then
-      epoch = string.format('%x', now)
-      redis.call('SET', key .. ':epoch', epoch)
-    end
-    cached = {epoch, f[1] or ''}
-    emit_cache[flow] = cached
+-- Reads the flow hash fields named in `...` and, in the same HMGET, what the flow's events
+-- and end need (cached for the call), so a script that reads a flow anyway reads it once.
+local function read_flow(P, flow, ...)
+  local names = {...}
+  local f = redis.call('HMGET', P .. 'f:' .. flow, 'ix', 'ev', 'gated', 'admitted', 'to', ...)
+  if emit_cache[flow] == nil then
+    emit_cache[flow] = {f[2], f[1] or '', {}, false, false, gated = f[3], admitted = f[4], to = f[5]}
   end
-  local epoch = cached[1]
+  return {unpack(f, 6, 5 + #names)}
+end
+
+local function flow_info(P, flow)
+  if emit_cache[flow] == nil then read_flow(P, flow) end
+  return emit_cache[flow]
+end
+
+-- Appends an event (`fields` becomes the JSON payload, with run_id and workflow added).
+local function emit(P, WAKE, flow, etype, fields, now)
+  local cached = flow_info(P, flow)
+  emit_ctx = {P, WAKE}
   fields['run_id'] = flow
   fields['workflow'] = cached[2]
-  local payload = cjson.encode(fields)
-  local n = redis.call('INCR', key .. ':n')
-  redis.call('XADD', key, 'MAXLEN', '~', EV_MAXLEN, n .. '-0', 't', etype, 'p', payload, 'ts', now)
-  redis.call('PUBLISH', event_channel_prefix(WAKE) .. 'runs.' .. flow,
-    epoch .. '|' .. n .. '|' .. now .. '|' .. etype .. '|' .. payload)
+  local events = cached[3]
+  if #events == 0 then emit_order[#emit_order + 1] = flow end
+  events[#events + 1] = {etype, cjson.encode(fields), int(now)}
 end
 
 -- A finished flow's events are kept for the retention period, then expire.
 local function expire_events(P, flow)
-  local key = P .. 'ev:runs.' .. flow
-  redis.call('PEXPIRE', key, EV_RETENTION_MS)
-  redis.call('PEXPIRE', key .. ':epoch', EV_RETENTION_MS)
-  redis.call('PEXPIRE', key .. ':n', EV_RETENTION_MS)
+  flow_info(P, flow)[5] = true
+end
+
+-- Writes the buffered events: per flow, its numbers, one XADD per event, one PUBLISH.
+-- The epoch is the flow hash's `ev` field (written with the flow), else the topic's epoch
+-- key; a topic with neither starts a new history.
+local function flush_events()
+  if emit_ctx == nil then return end
+  local P, WAKE = emit_ctx[1], emit_ctx[2]
+  for _, flow in ipairs(emit_order) do
+    local c = emit_cache[flow]
+    local key = P .. 'ev:runs.' .. flow
+    local events = c[3]
+    local count = #events
+    local last
+    if c[4] then
+      last = count
+      redis.call('MSET', key .. ':epoch', c[1], key .. ':n', int(count))
+    else
+      if not c[1] then c[1] = redis.call('GET', key .. ':epoch') end
+      if not c[1] then
+        c[1] = string.format('%x', tonumber(events[1][3]))
+        redis.call('DEL', key, key .. ':n')
+        redis.call('SET', key .. ':epoch', c[1])
+      end
+      last = redis.call('INCRBY', key .. ':n', count)
+    end
+    local records = {}
+    for i, e in ipairs(events) do
+      local n = int(last - count + i)
+      redis.call('XADD', key, 'MAXLEN', '~', EV_MAXLEN, n .. '-0', 't', e[1], 'p', e[2], 'ts', e[3])
+      records[i] = c[1] .. '|' .. n .. '|' .. e[3] .. '|' .. e[1] .. '|' .. e[2]
+    end
+    redis.call('PUBLISH', event_channel_prefix(WAKE) .. 'runs.' .. flow, table.concat(records, '\n'))
+    if c[5] then
+      redis.call('PEXPIRE', key, EV_RETENTION_MS)
+      redis.call('PEXPIRE', key .. ':epoch', EV_RETENTION_MS)
+      redis.call('PEXPIRE', key .. ':n', EV_RETENTION_MS)
+    end
+    c[3], c[4], c[5] = {}, false, false
+  end
+  emit_order = {}
 end
 
 local function step_of(id)
@@ -133,7 +195,12 @@ end
 
 -- Wakes blocked claimers of a lane, but only on the empty -> non-empty transition: under
 -- load the lane is never empty, so this costs nothing on the hot path.
+-- A lane this script call already pushed to is not empty (no claim in the same call runs
+-- after its pushes: see claim.lua), so a batch asks once per lane.
+local lane_filled = {}
 local function lane_is_empty(P, lane)
+  if lane_filled[lane] then return false end
+  lane_filled[lane] = true
   return redis.call('ZCARD', lane_key(P, lane, 'wait')) == 0 and redis.call('LLEN', lane_key(P, lane, 'ring')) == 0
 end
 
@@ -141,7 +208,7 @@ end
 -- key's own set `k:<key>`; keys with ready jobs sit in the lane's `ring`, which claims
 -- rotate through, so one key's backlog cannot starve another key's jobs.
 local function push_ready(P, WAKE, id, lane, prio, key)
-  local score = wait_score(prio, redis.call('INCR', P .. 'seq'))
+  local score = wait_score(prio, next_seq(P))
   if key == nil or key == false or key == '' then
     if lane_is_empty(P, lane) then redis.call('PUBLISH', WAKE .. lane, '1') end
     redis.call('ZADD', lane_key(P, lane, 'wait'), score, id)
@@ -227,16 +294,16 @@ local function retire(P, id, state, now)
   elseif s ~= 'b' then
     return false
   end
-  redis.call('HSET', jk, 's', state, 'l', '', 'ft', now)
+  redis.call('HSET', jk, 's', state, 'l', '', 'ft', int(now))
   return true
 end
 
 -- A gated flow ended: frees its slot and lets the oldest waiting flow of the same index in
 -- (its roots become ready). Waiting flows cancelled meanwhile are skipped.
 local function release_gate(P, WAKE, flow, now)
-  local f = redis.call('HMGET', P .. 'f:' .. flow, 'gated', 'admitted', 'ix')
-  if f[1] ~= '1' or f[2] ~= '1' then return end
-  local gate = P .. 'gate:' .. f[3]
+  local info = flow_info(P, flow)
+  if info.gated ~= '1' or info.admitted ~= '1' then return end
+  local gate = P .. 'gate:' .. info[2]
   redis.call('DECR', gate .. ':n')
   while true do
     local next_flow = redis.call('LPOP', gate .. ':q')
@@ -246,6 +313,7 @@ local function release_gate(P, WAKE, flow, now)
     if nf[1] == 'pending' then
       redis.call('INCR', gate .. ':n')
       redis.call('HSET', nk, 'admitted', '1')
+      if emit_cache[next_flow] then emit_cache[next_flow].admitted = '1' end
       local delay = tonumber(nf[3]) or 0
       for _, id in ipairs(split(nf[2])) do
         local jk = P .. 'j:' .. id
@@ -268,9 +336,9 @@ local function end_flow(P, WAKE, flow, state, err, now)
   for _, id in ipairs(split(redis.call('HGET', fk, 'jobs'))) do
     if retire(P, id, 'x', now) then cancelled[#cancelled + 1] = id end
   end
-  redis.call('HSET', fk, 'state', state, 'err', err, 'ft', now)
-  redis.call('ZADD', P .. 'fdone', now, flow)
-  redis.call('ZREM', P .. 'deadlines', flow)
+  redis.call('HSET', fk, 'state', state, 'err', err, 'ft', int(now))
+  redis.call('ZADD', P .. 'fdone', int(now), flow)
+  if flow_info(P, flow).to ~= '0' then redis.call('ZREM', P .. 'deadlines', flow) end
   release_gate(P, WAKE, flow, now)
   local fields = {error = err}
   if state == 'cancelled' then fields = {reason = err} end
@@ -282,12 +350,14 @@ end
 -- A flow job finished (completed, or failed with continue-on-failure): releases dependents
 -- whose parents are now all done (appending them to `ready`), or with `skip` marks every
 -- blocked dependent, transitively, as skipped (appending them to `skipped`).
-local function release_dependents(P, WAKE, flow, id, now, skip, ready, skipped)
-  for _, dep in ipairs(split(redis.call('HGET', P .. 'j:' .. id, 'n'))) do
+-- `deps` is the job's `n` field when the caller has read it already.
+local function release_dependents(P, WAKE, flow, id, now, skip, ready, skipped, deps)
+  if deps == nil then deps = redis.call('HGET', P .. 'j:' .. id, 'n') end
+  for _, dep in ipairs(split(deps)) do
     local dk = P .. 'j:' .. dep
     if skip then
       if redis.call('HGET', dk, 's') == 'b' then
-        redis.call('HSET', dk, 's', 'k', 'ft', now)
+        redis.call('HSET', dk, 's', 'k', 'ft', int(now))
         skipped[#skipped + 1] = dep
         emit(P, WAKE, flow, 'step.skipped', {step_id = step_of(dep)}, now)
         release_dependents(P, WAKE, flow, dep, now, true, ready, skipped)
@@ -308,9 +378,9 @@ end
 local function settle_flow(P, WAKE, flow, now, finished)
   local fk = P .. 'f:' .. flow
   if redis.call('HINCRBY', fk, 'pending', -finished) <= 0 then
-    redis.call('HSET', fk, 'state', 'succeeded', 'ft', now)
-    redis.call('ZADD', P .. 'fdone', now, flow)
-    redis.call('ZREM', P .. 'deadlines', flow)
+    redis.call('HSET', fk, 'state', 'succeeded', 'ft', int(now))
+    redis.call('ZADD', P .. 'fdone', int(now), flow)
+    if flow_info(P, flow).to ~= '0' then redis.call('ZREM', P .. 'deadlines', flow) end
     release_gate(P, WAKE, flow, now)
     emit(P, WAKE, flow, 'run.succeeded', {}, now)
     expire_events(P, flow)
@@ -347,8 +417,8 @@ local function fail_job(P, WAKE, id, err, retryable, retry_after, rand, now)
     push_ready(P, WAKE, id, lane, prio, f[8])
     return {'retry', now, {}}
   end
-  redis.call('HSET', jk, 's', 'f', 'e', err, 'l', '', 'ft', now)
-  redis.call('ZADD', lane_key(P, lane, 'dead'), now, id)
+  redis.call('HSET', jk, 's', 'f', 'e', err, 'l', '', 'ft', int(now))
+  redis.call('ZADD', lane_key(P, lane, 'dead'), int(now), id)
   stat(P, lane, 'dead', 1)
   if not flow or flow == '' then return {'dead', '', {}} end
   emit(P, WAKE, flow, 'step.failed', {step_id = step_of(id), attempt = attempts, error = err}, now)
