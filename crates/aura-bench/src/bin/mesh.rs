@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 // Shared with `aura-bench` (the same INFO parsing for both tables); this binary uses part.
 #[allow(dead_code)]
+#[path = "../machine.rs"]
+mod machine;
+#[allow(dead_code)]
 #[path = "../redis_stats.rs"]
 mod redis_stats;
 
@@ -68,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut admin).await?;
     let cpu_start = info(admin.clone()).await?.cpu_s;
+    let own_cpu_start = machine::own_cpu_s();
     let start = Instant::now();
     for _ in 0..n / 1000 {
         let runs = (0..1000)
@@ -84,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
     let submit_work = redis_stats::PhaseStats::new(&info(admin.clone()).await?, cpu_start);
     wait_completed(&mut gw, n as u64).await;
     let bulk = start.elapsed();
+    let own_cpu = machine::own_cpu_s() - own_cpu_start;
     let redis_work = redis_stats::PhaseStats::new(&info(admin.clone()).await?, cpu_start);
 
     // 2. 64 concurrent clients, one run per call.
@@ -145,6 +150,11 @@ async fn main() -> anyhow::Result<()> {
         redis_work.redis_cpu_s / bulk.as_secs_f64()
     );
     println!(
+        "| bulk: CPU µs per run of the AURA process (Gateway, Scheduler, Worker, Events and this client) | {:.1} ({:.2} cores busy) |",
+        per_run(own_cpu * 1e6),
+        own_cpu / bulk.as_secs_f64()
+    );
+    println!(
         "| bulk: of which submitting (StartRuns): commands, script µs, Redis CPU µs per run | {:.1}, {:.1}, {:.1} |",
         per_run(submit_work.total_calls() as f64),
         per_run(submit_work.script().usec as f64),
@@ -178,6 +188,18 @@ async fn main() -> anyhow::Result<()> {
     }
     mesh.stop().await;
 
+    // Where a run's Redis time goes: each transition script on its own.
+    let per_transition = transitions(&redis.url(), env_usize("BENCH_TRANSITION_RUNS", 10_000)).await?;
+    println!(
+        "| run transitions, queue crate straight on Redis ({} one-step runs, 100 per call): script µs per run, start / claim / complete | {} |",
+        env_usize("BENCH_TRANSITION_RUNS", 10_000),
+        per_transition.iter().map(|(us, _)| format!("{us:.1}")).collect::<Vec<_>>().join(" / ")
+    );
+    println!(
+        "| run transitions: Redis commands per run (incl. inside scripts), start / claim / complete | {} |",
+        per_transition.iter().map(|(_, calls)| format!("{calls:.1}")).collect::<Vec<_>>().join(" / ")
+    );
+
     // 6. the rate limiter: the concurrent scenario with and without it (alternating, fresh
     // Redis state each time), and raw decisions/s next to redis-benchmark's EVALSHA.
     let pairs = env_usize("BENCH_LIMITER_PAIRS", 3);
@@ -209,6 +231,70 @@ async fn main() -> anyhow::Result<()> {
         Err(err) => println!("| memory | not measured: {err} |"),
     }
     Ok(())
+}
+
+/// The Redis cost of each transition of a one-step run, without the services around it:
+/// `n` runs created with `start_flows`, claimed and completed 100 at a time through the
+/// queue crate, on a key prefix of their own. Per transition: (script µs, commands) per run,
+/// from commandstats (a script's µs include its nested commands).
+async fn transitions(url: &str, n: usize) -> anyhow::Result<Vec<(f64, f64)>> {
+    use aura_queue::{Completion, FlowJob, Keyspace, NewFlow, Queue, RetryPolicy};
+    let conn = aura_common::redis::connect(url).await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let q = Queue::new(conn, url, Keyspace::new("bench-transitions", 1), shutdown.clone())?;
+    let mut admin = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    let lanes = vec!["noop".to_string()];
+    let flows: Vec<NewFlow> = (0..n)
+        .map(|i| NewFlow {
+            id: format!("t{i:08}"),
+            idempotency_key: String::new(),
+            idempotency_ttl: Duration::from_secs(3600),
+            meta: r#"{"w":"bench","v":1}"#.into(),
+            input: r#"{"i":1}"#.into(),
+            delay: Duration::ZERO,
+            priority: 0,
+            index: "bench".into(),
+            timeout: Duration::ZERO,
+            concurrency_key: String::new(),
+            concurrency_limit: 0,
+            jobs: vec![FlowJob {
+                id: format!("t{i:08}.a"),
+                queue: lanes[0].clone(),
+                payload: "a".into(),
+                parents: vec![],
+                dependents: vec![],
+                retry: RetryPolicy::default(),
+                lease: Duration::from_secs(60),
+                continue_on_failure: false,
+                release_delay: Duration::ZERO,
+            }],
+        })
+        .collect();
+    let mut out = Vec::new();
+    let measure = async |admin: &mut redis::aio::MultiplexedConnection| -> anyhow::Result<(f64, f64)> {
+        let text: String = redis::cmd("INFO").arg("commandstats").query_async(admin).await?;
+        let stats = redis_stats::PhaseStats::new(&redis_stats::parse_info(&text), 0.0);
+        let () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(admin).await?;
+        Ok((stats.script().usec as f64 / n as f64, stats.total_calls() as f64 / n as f64))
+    };
+    let () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut admin).await?;
+    for chunk in flows.chunks(1000) {
+        q.start_flows(0, chunk.to_vec()).await?;
+    }
+    out.push(measure(&mut admin).await?);
+    let mut claimed = Vec::with_capacity(n);
+    while claimed.len() < n {
+        claimed.extend(q.claim(&lanes, 100).await?.jobs);
+    }
+    out.push(measure(&mut admin).await?);
+    for chunk in claimed.chunks(100) {
+        let items =
+            chunk.iter().map(|j| Completion { lease: j.lease.clone(), result: "{}".into() }).collect();
+        q.complete(items).await?;
+    }
+    out.push(measure(&mut admin).await?);
+    shutdown.cancel();
+    Ok(out)
 }
 
 fn median(xs: &[f64]) -> f64 {
