@@ -83,7 +83,9 @@ impl Admin {
     /// Connects to `url`.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         let client = redis::Client::open(url)?;
-        Ok(Admin { conn: client.get_multiplexed_async_connection().await? })
+        // No response timeout: a FLUSHALL of a large data set can outlast redis-rs's default.
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        Ok(Admin { conn: client.get_multiplexed_async_connection_with_config(&config).await? })
     }
 
     /// `INFO commandstats cpu`.

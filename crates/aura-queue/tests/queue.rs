@@ -424,6 +424,70 @@ async fn flow_idempotency_and_cancellation() {
     flow_idempotency_and_cancellation_on(&redis.url()).await;
 }
 
+/// Types and numbers of the events on a flow's topic, in stream order.
+async fn topic_events(q: &Queue, flow: &str) -> Vec<(String, String)> {
+    let mut conn = q.conn();
+    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(q.flow_events_key(0, flow))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    entries.into_iter().map(|(id, fields)| (id, fields[1].clone())).collect()
+}
+
+async fn a_batch_of_flows_starts_in_order_and_honours_keys_within_it_on(url: &str) {
+    let q = queue_on(url, 1).await;
+    let mut x = diamond("bx", 2);
+    x.idempotency_key = "same".into();
+    let mut y = diamond("by", 2);
+    y.idempotency_key = "same".into();
+    let started = q.start_flows(0, vec![x, y, diamond("bz", 1)]).await.unwrap();
+    let got: Vec<(bool, &str)> = started.iter().map(|s| (s.created, s.flow_id.as_str())).collect();
+    assert_eq!(got, vec![(true, "bx"), (false, "bx"), (true, "bz")]);
+    let mut claimed = q.claim(&lanes("q"), 10).await.unwrap().jobs;
+    let ids: Vec<&str> = claimed.iter().map(|j| j.lease.id.as_str()).collect();
+    assert_eq!(ids, ["bx.p0", "bx.p1", "bz.p0"], "roots ready in the batch's order, none of the repeat");
+    assert!(topic_events(&q, "by").await.is_empty(), "the repeat wrote no events");
+    // One claim wrote run.started and two step.started for bx in one flush: still numbered
+    // from 1, contiguous, in transition order.
+    assert_eq!(
+        topic_events(&q, "bx").await,
+        [("1-0", "run.queued"), ("2-0", "run.started"), ("3-0", "step.started"), ("4-0", "step.started")]
+            .map(|(i, t)| (i.to_string(), t.to_string()))
+    );
+    let bz = claimed.pop().unwrap();
+    q.complete(vec![Completion { lease: bz.lease, result: "1".into() }]).await.unwrap();
+    let join = q.claim(&lanes("q"), 10).await.unwrap().jobs.remove(0);
+    let done = q.complete(vec![Completion { lease: join.lease, result: "j".into() }]).await.unwrap();
+    assert!(matches!(&done[0], CompleteOutcome::Recorded { flow_state, .. } if flow_state == "succeeded"));
+    let types: Vec<String> = topic_events(&q, "bz").await.into_iter().map(|(_, t)| t).collect();
+    assert_eq!(
+        types,
+        [
+            "run.queued",
+            "run.started",
+            "step.started",
+            "step.succeeded",
+            "step.queued",
+            "step.started",
+            "step.succeeded",
+            "run.succeeded"
+        ]
+    );
+    // A finished run's history expires after the retention period (set after its last events).
+    let mut conn = q.conn();
+    let ttl: i64 = redis::cmd("PTTL").arg(q.flow_events_key(0, "bz")).query_async(&mut conn).await.unwrap();
+    assert!(ttl > 0, "events of a finished run expire: {ttl}");
+}
+
+#[tokio::test]
+async fn a_batch_of_flows_starts_in_order_and_honours_keys_within_it() {
+    let redis = RedisServer::start();
+    a_batch_of_flows_starts_in_order_and_honours_keys_within_it_on(&redis.url()).await;
+}
+
 async fn failing_step_fails_flow_unless_it_continues_on_failure_on(url: &str) {
     let q = queue_on(url, 1).await;
     // a -> b, a fails for good: b is cancelled, the flow fails.
@@ -740,6 +804,8 @@ async fn the_queue_semantics_hold_on_a_real_cluster() {
     fan_in_is_enqueued_exactly_once_under_racing_parents_on(&url).await;
     flush();
     flow_idempotency_and_cancellation_on(&url).await;
+    flush();
+    a_batch_of_flows_starts_in_order_and_honours_keys_within_it_on(&url).await;
     flush();
     failing_step_fails_flow_unless_it_continues_on_failure_on(&url).await;
     flush();

@@ -64,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
     let input = || json::json_to_struct(&serde_json::json!({"i": 1}));
 
     // 1. bulk, with Redis's own account of the work (commandstats and CPU) around it.
-    let mut admin = redis::Client::open(redis.url())?.get_multiplexed_async_connection().await?;
+    let mut admin = admin_conn(&redis.url()).await?;
     let info = |mut conn: redis::aio::MultiplexedConnection| async move {
         let text: String = redis::cmd("INFO").arg("commandstats").arg("cpu").query_async(&mut conn).await?;
         Ok::<_, redis::RedisError>(redis_stats::parse_info(&text))
@@ -242,7 +242,7 @@ async fn transitions(url: &str, n: usize) -> anyhow::Result<Vec<(f64, f64)>> {
     let conn = aura_common::redis::connect(url).await?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let q = Queue::new(conn, url, Keyspace::new("bench-transitions", 1), shutdown.clone())?;
-    let mut admin = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    let mut admin = admin_conn(url).await?;
     let lanes = vec!["noop".to_string()];
     let flows: Vec<NewFlow> = (0..n)
         .map(|i| NewFlow {
@@ -297,6 +297,13 @@ async fn transitions(url: &str, n: usize) -> anyhow::Result<Vec<(f64, f64)>> {
     Ok(out)
 }
 
+/// The harness's own connection: no response timeout, since a FLUSHALL of a large data set
+/// on a slow machine takes longer than redis-rs's default.
+async fn admin_conn(url: &str) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    redis::Client::open(url)?.get_multiplexed_async_connection_with_config(&config).await
+}
+
 fn median(xs: &[f64]) -> f64 {
     let mut v = xs.to_vec();
     v.sort_by(f64::total_cmp);
@@ -341,7 +348,7 @@ async fn concurrent_runs(mesh: &Mesh, per_client: usize, already: u64) -> anyhow
 
 /// The concurrent scenario on a new mesh over a flushed Redis, limiter on or off.
 async fn fresh_mesh_concurrent(redis_url: &str, limited: bool, per_client: usize) -> anyhow::Result<f64> {
-    let mut admin = redis::Client::open(redis_url)?.get_multiplexed_async_connection().await?;
+    let mut admin = admin_conn(redis_url).await?;
     let () = redis::cmd("FLUSHALL").query_async(&mut admin).await?;
     let limit = aura_ratelimit::Limit { rps: 10_000_000, burst: 10_000_000 };
     let options =
@@ -386,7 +393,7 @@ async fn limiter_decisions(redis: &RedisServer) -> anyhow::Result<(f64, f64)> {
     }
     let ours = total as f64 / seconds;
 
-    let mut admin = redis::Client::open(redis.url())?.get_multiplexed_async_connection().await?;
+    let mut admin = admin_conn(&redis.url()).await?;
     let sha: String =
         redis::cmd("SCRIPT").arg("LOAD").arg(aura_ratelimit::GCRA_SOURCE).query_async(&mut admin).await?;
     let out = std::process::Command::new("redis-benchmark")

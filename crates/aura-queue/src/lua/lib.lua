@@ -129,7 +129,7 @@ end
 -- Appends an event (`fields` becomes the JSON payload, with run_id and workflow added).
 local function emit(P, WAKE, flow, etype, fields, now)
   local cached = flow_info(P, flow)
-  emit_ctx = {P, WAKE}
+  if emit_ctx == nil then emit_ctx = {P, WAKE} end
   fields['run_id'] = flow
   fields['workflow'] = cached[2]
   local events = cached[3]
