@@ -68,7 +68,7 @@ for li = 5, #ARGV do
   if #jobs >= max then break end
   if redis.call('EXISTS', lane_key(P, lane, 'paused')) == 0 then
     local dkey = lane_key(P, lane, 'delayed')
-    local due = redis.call('ZRANGEBYSCORE', dkey, '-inf', int(now), 'LIMIT', 0, 1000)
+    local due = redis.call('ZRANGEBYSCORE', dkey, '-inf', int(now), 'LIMIT', '0', '1000')
     for _, id in ipairs(due) do
       local jk = P .. 'j:' .. id
       redis.call('HSET', jk, 's', 'w')
@@ -119,7 +119,7 @@ for li = 5, #ARGV do
     end
     if claimed > 0 then stat(P, lane, 'active', claimed) end
     if #jobs == 0 then
-      local head = redis.call('ZRANGE', dkey, 0, 0, 'WITHSCORES')
+      local head = redis.call('ZRANGE', dkey, '0', '0', 'WITHSCORES')
       if head[2] ~= nil then
         local at = tonumber(head[2])
         if next_at == 0 or at < next_at then next_at = at end

@@ -114,11 +114,12 @@ local emit_ctx = nil
 -- and end need (cached for the call), so a script that reads a flow anyway reads it once.
 local function read_flow(P, flow, ...)
   local names = {...}
-  local f = redis.call('HMGET', P .. 'f:' .. flow, 'ix', 'ev', 'gated', 'admitted', 'to', ...)
+  local f = redis.call('HMGET', P .. 'f:' .. flow, 'ix', 'ev', 'gated', 'admitted', 'to', 'pending', ...)
   if emit_cache[flow] == nil then
-    emit_cache[flow] = {f[2], f[1] or '', {}, false, false, gated = f[3], admitted = f[4], to = f[5]}
+    emit_cache[flow] = {f[2], f[1] or '', {}, false, false, gated = f[3], admitted = f[4], to = f[5],
+      pending = tonumber(f[6]) or 0}
   end
-  return {unpack(f, 6, 5 + #names)}
+  return {unpack(f, 7, 6 + #names)}
 end
 
 local function flow_info(P, flow)
@@ -164,12 +165,17 @@ local function flush_events()
         redis.call('DEL', key, key .. ':n')
         redis.call('SET', key .. ':epoch', c[1])
       end
-      last = redis.call('INCRBY', key .. ':n', count)
+      last = redis.call('INCRBY', key .. ':n', int(count))
     end
     local records = {}
     for i, e in ipairs(events) do
       local n = int(last - count + i)
-      redis.call('XADD', key, 'MAXLEN', '~', EV_MAXLEN, n .. '-0', 't', e[1], 'p', e[2], 'ts', e[3])
+      -- A topic that never had EV_MAXLEN events cannot need trimming.
+      if last <= EV_MAXLEN then
+        redis.call('XADD', key, n .. '-0', 't', e[1], 'p', e[2], 'ts', e[3])
+      else
+        redis.call('XADD', key, 'MAXLEN', '~', EV_MAXLEN, n .. '-0', 't', e[1], 'p', e[2], 'ts', e[3])
+      end
       records[i] = c[1] .. '|' .. n .. '|' .. e[3] .. '|' .. e[1] .. '|' .. e[2]
     end
     redis.call('PUBLISH', event_channel_prefix(WAKE) .. 'runs.' .. flow, table.concat(records, '\n'))
@@ -236,8 +242,8 @@ end
 -- A delayed job that becomes the lane's earliest wakes claimers so they re-arm their timer.
 local function push_delayed(P, WAKE, id, lane, at)
   local dkey = lane_key(P, lane, 'delayed')
-  local head = redis.call('ZRANGE', dkey, 0, 0, 'WITHSCORES')
-  redis.call('ZADD', dkey, at, id)
+  local head = redis.call('ZRANGE', dkey, '0', '0', 'WITHSCORES')
+  redis.call('ZADD', dkey, int(at), id)
   if head[2] == nil or tonumber(head[2]) > at then
     redis.call('PUBLISH', WAKE .. lane, '1')
   end
@@ -375,10 +381,16 @@ end
 
 -- Counts `finished` jobs of a flow as done; the last one ends the flow as succeeded.
 -- Returns the flow's new final state, or '' while jobs remain.
+-- The count comes from the flow's cached fields (scripts are atomic, so read-then-write is
+-- safe), which lets the last one write the count and the final state in one HSET.
 local function settle_flow(P, WAKE, flow, now, finished)
   local fk = P .. 'f:' .. flow
-  if redis.call('HINCRBY', fk, 'pending', -finished) <= 0 then
-    redis.call('HSET', fk, 'state', 'succeeded', 'ft', int(now))
+  local info = flow_info(P, flow)
+  info.pending = info.pending - finished
+  if info.pending > 0 then
+    redis.call('HSET', fk, 'pending', int(info.pending))
+  else
+    redis.call('HSET', fk, 'pending', int(info.pending), 'state', 'succeeded', 'ft', int(now))
     redis.call('ZADD', P .. 'fdone', int(now), flow)
     if flow_info(P, flow).to ~= '0' then redis.call('ZREM', P .. 'deadlines', flow) end
     release_gate(P, WAKE, flow, now)
