@@ -52,6 +52,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // `benchmarks/callgrind.sh` runs only the transitions, against a redis-server it runs
+    // under callgrind (instruction counts: repeatable on a noisy machine).
+    if let Ok(url) = std::env::var("BENCH_TRANSITIONS_ONLY") {
+        let n = env_usize("BENCH_TRANSITION_RUNS", 2_000);
+        for (name, (us, calls)) in ["start", "claim", "complete"].iter().zip(transitions(&url, n).await?) {
+            println!("{name}\t{us:.1}\t{calls:.1}");
+        }
+        return Ok(());
+    }
     let n = env_usize("BENCH_MESH_RUNS", 20_000);
     let latency_n = env_usize("BENCH_MESH_LATENCY_RUNS", 1_000);
     let redis = RedisServer::start();
@@ -278,23 +287,35 @@ async fn transitions(url: &str, n: usize) -> anyhow::Result<Vec<(f64, f64)>> {
         Ok((stats.script().usec as f64 / n as f64, stats.total_calls() as f64 / n as f64))
     };
     let () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut admin).await?;
+    callgrind_dump("setup");
     for chunk in flows.chunks(1000) {
         q.start_flows(0, chunk.to_vec()).await?;
     }
+    callgrind_dump("start");
     out.push(measure(&mut admin).await?);
     let mut claimed = Vec::with_capacity(n);
     while claimed.len() < n {
         claimed.extend(q.claim(&lanes, 100).await?.jobs);
     }
+    callgrind_dump("claim");
     out.push(measure(&mut admin).await?);
     for chunk in claimed.chunks(100) {
         let items =
             chunk.iter().map(|j| Completion { lease: j.lease.clone(), result: "{}".into() }).collect();
         q.complete(items).await?;
     }
+    callgrind_dump("complete");
     out.push(measure(&mut admin).await?);
     shutdown.cancel();
     Ok(out)
+}
+
+/// Under `benchmarks/callgrind.sh`: ends a phase of the redis-server's instruction counts
+/// (a dump named `label`; the counters restart at zero).
+fn callgrind_dump(label: &str) {
+    if let Ok(pid) = std::env::var("BENCH_CALLGRIND_PID") {
+        let _ = std::process::Command::new("callgrind_control").args(["-d", label, &pid]).output();
+    }
 }
 
 /// The harness's own connection: no response timeout, since a FLUSHALL of a large data set
