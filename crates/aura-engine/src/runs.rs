@@ -174,19 +174,19 @@ pub(crate) struct FlowMeta {
     pub t: HashMap<String, String>,
 }
 
-/// A run checked and laid out as a flow, ready for its start script.
+/// A run checked and placed, ready for its start script (its flow travels beside it, moved
+/// into the script call rather than copied).
 struct PreparedRun {
     req: StartRequest,
     wf: std::sync::Arc<crate::registry::Workflow>,
     partition: usize,
-    flow: aura_queue::NewFlow,
 }
 
 impl Engine {
     /// Starts one run.
     pub async fn start_run(&self, req: StartRequest) -> Result<Started, EngineError> {
-        let run = self.prepare_run(req).await?;
-        let start = self.queue.start_flow(run.partition, run.flow.clone()).await?;
+        let (run, flow) = self.prepare_run(req).await?;
+        let start = self.queue.start_flow(run.partition, flow).await?;
         let (started, event) = finish_start(&run, start);
         if let Some(event) = event {
             self.emit(vec![event]).await;
@@ -200,22 +200,30 @@ impl Engine {
     pub async fn start_runs(&self, reqs: Vec<StartRequest>) -> Vec<Result<Started, EngineError>> {
         let prepared = futures::future::join_all(reqs.into_iter().map(|r| self.prepare_run(r))).await;
         let partitions = self.queue.keys().partitions();
-        let mut by_partition: Vec<Vec<(usize, PreparedRun)>> = (0..partitions).map(|_| Vec::new()).collect();
+        // Per partition, in order: the runs (with their request index), and their flows.
+        let mut runs_by_partition: Vec<Vec<(usize, PreparedRun)>> =
+            (0..partitions).map(|_| Vec::new()).collect();
+        let mut flows_by_partition: Vec<Vec<aura_queue::NewFlow>> =
+            (0..partitions).map(|_| Vec::new()).collect();
         let mut out: Vec<Option<Result<Started, EngineError>>> = Vec::with_capacity(prepared.len());
         for (i, run) in prepared.into_iter().enumerate() {
             match run {
-                Ok(run) => {
-                    by_partition[run.partition].push((i, run));
+                Ok((run, flow)) => {
+                    flows_by_partition[run.partition].push(flow);
+                    runs_by_partition[run.partition].push((i, run));
                     out.push(None);
                 }
                 Err(e) => out.push(Some(Err(e))),
             }
         }
-        let calls = by_partition.into_iter().filter(|runs| !runs.is_empty()).map(|runs| async move {
-            let flows = runs.iter().map(|(_, r)| r.flow.clone()).collect();
-            let starts = self.queue.start_flows(runs[0].1.partition, flows).await;
-            (runs, starts)
-        });
+        let calls = runs_by_partition
+            .into_iter()
+            .zip(flows_by_partition)
+            .enumerate()
+            .filter(|(_, (runs, _))| !runs.is_empty())
+            .map(|(partition, (runs, flows))| async move {
+                (runs, self.queue.start_flows(partition, flows).await)
+            });
         let mut events = Vec::new();
         for (runs, starts) in futures::future::join_all(calls).await {
             match starts {
@@ -238,7 +246,10 @@ impl Engine {
         out.into_iter().map(|r| r.expect("every run has a result")).collect()
     }
 
-    async fn prepare_run(&self, req: StartRequest) -> Result<PreparedRun, EngineError> {
+    async fn prepare_run(
+        &self,
+        req: StartRequest,
+    ) -> Result<(PreparedRun, aura_queue::NewFlow), EngineError> {
         if req.workflow_name.is_empty() {
             return Err(EngineError::invalid("workflow_name", "is required"));
         }
@@ -303,7 +314,7 @@ impl Engine {
             concurrency_limit: spec.max_concurrent_runs,
             jobs,
         };
-        Ok(PreparedRun { req, wf, partition, flow })
+        Ok((PreparedRun { req, wf, partition }, flow))
     }
 
     fn partition_of(&self, run_id: &str) -> Result<usize, EngineError> {

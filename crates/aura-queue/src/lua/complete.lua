@@ -32,7 +32,7 @@ for i = 0, n - 1 do
       local ready = {}
       emit(P, WAKE, flow, 'step.succeeded', {step_id = step_of(id)}, now)
       release_dependents(P, WAKE, flow, id, now, false, ready, nil, f[6] or '')
-      out[#out + 1] = {1, ready, settle_flow(P, WAKE, flow, now, 1), emit_cache[flow][2]}
+      out[#out + 1] = {1, ready, settle_flow(P, WAKE, flow, now, 1), emit_cache[flow].workflow}
     else
       done[#done + 1] = now_s
       done[#done + 1] = id

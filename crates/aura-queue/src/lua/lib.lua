@@ -103,9 +103,10 @@ end
 -- flow that gets several events in one call (run.started + step.started when claimed,
 -- step.succeeded + run.succeeded when its last step completes) then reserves their numbers
 -- with one INCRBY and goes out live in one PUBLISH (records joined by '\n', as aura-bus
--- does), instead of an INCR and a PUBLISH per event. Per flow: {epoch, workflow name,
--- events, fresh (its topic starts here: numbers from 1, no counter to read), expire (the
--- flow ended: its history expires after the retention period), flow hash fields read once}.
+-- does), instead of an INCR and a PUBLISH per event. Per flow: epoch and workflow (its
+-- index name), events (buffered {type, payload, ms}), fresh (its topic starts here: numbers
+-- from 1, no counter to read), expire (the flow ended: its history expires after the
+-- retention period), and the hash fields read once: gated, admitted, to, pending.
 local emit_cache = {}
 local emit_order = {}
 local emit_ctx = nil
@@ -116,8 +117,8 @@ local function read_flow(P, flow, ...)
   local names = {...}
   local f = redis.call('HMGET', P .. 'f:' .. flow, 'ix', 'ev', 'gated', 'admitted', 'to', 'pending', ...)
   if emit_cache[flow] == nil then
-    emit_cache[flow] = {f[2], f[1] or '', {}, false, false, gated = f[3], admitted = f[4], to = f[5],
-      pending = tonumber(f[6]) or 0}
+    emit_cache[flow] = {epoch = f[2], workflow = f[1] or '', events = {}, fresh = false, expire = false,
+      gated = f[3], admitted = f[4], to = f[5], pending = tonumber(f[6]) or 0}
   end
   return {unpack(f, 7, 6 + #names)}
 end
@@ -132,15 +133,15 @@ local function emit(P, WAKE, flow, etype, fields, now)
   local cached = flow_info(P, flow)
   if emit_ctx == nil then emit_ctx = {P, WAKE} end
   fields['run_id'] = flow
-  fields['workflow'] = cached[2]
-  local events = cached[3]
+  fields['workflow'] = cached.workflow
+  local events = cached.events
   if #events == 0 then emit_order[#emit_order + 1] = flow end
   events[#events + 1] = {etype, cjson.encode(fields), int(now)}
 end
 
 -- A finished flow's events are kept for the retention period, then expire.
 local function expire_events(P, flow)
-  flow_info(P, flow)[5] = true
+  flow_info(P, flow).expire = true
 end
 
 -- Writes the buffered events: per flow, its numbers, one XADD per event, one PUBLISH.
@@ -152,18 +153,18 @@ local function flush_events()
   for _, flow in ipairs(emit_order) do
     local c = emit_cache[flow]
     local key = P .. 'ev:runs.' .. flow
-    local events = c[3]
+    local events = c.events
     local count = #events
     local last
-    if c[4] then
+    if c.fresh then
       last = count
-      redis.call('MSET', key .. ':epoch', c[1], key .. ':n', int(count))
+      redis.call('MSET', key .. ':epoch', c.epoch, key .. ':n', int(count))
     else
-      if not c[1] then c[1] = redis.call('GET', key .. ':epoch') end
-      if not c[1] then
-        c[1] = string.format('%x', tonumber(events[1][3]))
+      if not c.epoch then c.epoch = redis.call('GET', key .. ':epoch') end
+      if not c.epoch then
+        c.epoch = string.format('%x', tonumber(events[1][3]))
         redis.call('DEL', key, key .. ':n')
-        redis.call('SET', key .. ':epoch', c[1])
+        redis.call('SET', key .. ':epoch', c.epoch)
       end
       last = redis.call('INCRBY', key .. ':n', int(count))
     end
@@ -176,15 +177,15 @@ local function flush_events()
       else
         redis.call('XADD', key, 'MAXLEN', '~', EV_MAXLEN, n .. '-0', 't', e[1], 'p', e[2], 'ts', e[3])
       end
-      records[i] = c[1] .. '|' .. n .. '|' .. e[3] .. '|' .. e[1] .. '|' .. e[2]
+      records[i] = c.epoch .. '|' .. n .. '|' .. e[3] .. '|' .. e[1] .. '|' .. e[2]
     end
     redis.call('PUBLISH', event_channel_prefix(WAKE) .. 'runs.' .. flow, table.concat(records, '\n'))
-    if c[5] then
+    if c.expire then
       redis.call('PEXPIRE', key, EV_RETENTION_MS)
       redis.call('PEXPIRE', key .. ':epoch', EV_RETENTION_MS)
       redis.call('PEXPIRE', key .. ':n', EV_RETENTION_MS)
     end
-    c[3], c[4], c[5] = {}, false, false
+    c.events, c.fresh, c.expire = {}, false, false
   end
   emit_order = {}
 end
@@ -309,7 +310,7 @@ end
 local function release_gate(P, WAKE, flow, now)
   local info = flow_info(P, flow)
   if info.gated ~= '1' or info.admitted ~= '1' then return end
-  local gate = P .. 'gate:' .. info[2]
+  local gate = P .. 'gate:' .. info.workflow
   redis.call('DECR', gate .. ':n')
   while true do
     local next_flow = redis.call('LPOP', gate .. ':q')
@@ -392,7 +393,7 @@ local function settle_flow(P, WAKE, flow, now, finished)
   else
     redis.call('HSET', fk, 'pending', int(info.pending), 'state', 'succeeded', 'ft', int(now))
     redis.call('ZADD', P .. 'fdone', int(now), flow)
-    if flow_info(P, flow).to ~= '0' then redis.call('ZREM', P .. 'deadlines', flow) end
+    if info.to ~= '0' then redis.call('ZREM', P .. 'deadlines', flow) end
     release_gate(P, WAKE, flow, now)
     emit(P, WAKE, flow, 'run.succeeded', {}, now)
     expire_events(P, flow)

@@ -55,7 +55,8 @@ local function start_one(o)
     'gated', gated, 'admitted', adm, 'delay', ARGV[o + 5], 'ev', epoch, 'to', to)
   -- A new flow starts a new event history (its topic's epoch and numbers are written with
   -- its first events: see flush_events), so nothing of it is read back here.
-  emit_cache[flow] = {epoch, index, {}, true, false, gated = gated, admitted = adm, to = to, pending = n}
+  emit_cache[flow] = {epoch = epoch, workflow = index, events = {}, fresh = true, expire = false,
+    gated = gated, admitted = adm, to = to, pending = n}
   if admitted then
     emit(P, WAKE, flow, 'run.queued', {}, now)
   else
