@@ -379,73 +379,80 @@ fn get<T: FromRedisValue>(v: &Value) -> Result<T> {
 }
 
 pub(crate) fn parse_claim(partition: usize, reply: Value) -> Result<(Vec<ClaimedJob>, u64)> {
-    let top = items(reply)?;
-    if top.len() != 2 {
-        return Err(QueueError::Protocol("claim reply".into()));
-    }
-    let next_at: u64 = get(&top[1])?;
+    // Flat: next_at, then per job 12 values and its parents (see claim.lua).
+    let f = items(reply)?;
+    let bad = || QueueError::Protocol("claim reply".into());
+    let next_at: u64 = get(f.first().ok_or_else(bad)?)?;
     let mut jobs = Vec::new();
-    for job in items(top[0].clone())? {
-        let f = items(job)?;
-        if f.len() != 12 {
-            return Err(QueueError::Protocol("claim job reply".into()));
-        }
-        let parents: Vec<String> = get(&f[9])?;
-        let parent_results =
-            parents.chunks(2).map(|c| (c[0].clone(), c.get(1).cloned().unwrap_or_default())).collect();
+    let mut o = 1;
+    while o < f.len() {
+        let job = f.get(o..o + 12).ok_or_else(bad)?;
+        let parents: usize = get(&job[11])?;
+        let parent_results = f
+            .get(o + 12..o + 12 + 2 * parents)
+            .ok_or_else(bad)?
+            .chunks(2)
+            .map(|c| Ok((get(&c[0])?, get(&c[1])?)))
+            .collect::<Result<_>>()?;
         jobs.push(ClaimedJob {
-            lease: Lease { partition, id: get(&f[0])?, token: get(&f[3])? },
-            queue: get(&f[1])?,
-            attempt: get(&f[2])?,
-            deadline_ms: get(&f[4])?,
-            payload: get(&f[5])?,
-            flow: get(&f[6])?,
-            flow_meta: get(&f[7])?,
-            flow_input: get(&f[8])?,
+            lease: Lease { partition, id: get(&job[0])?, token: get(&job[3])? },
+            queue: get(&job[1])?,
+            attempt: get(&job[2])?,
+            deadline_ms: get(&job[4])?,
+            payload: get(&job[5])?,
+            flow: get(&job[6])?,
+            flow_meta: get(&job[7])?,
+            flow_input: get(&job[8])?,
             parent_results,
-            flow_started: get::<i64>(&f[10])? == 1,
-            queue_wait_ms: get(&f[11])?,
+            flow_started: get::<i64>(&job[9])? == 1,
+            queue_wait_ms: get(&job[10])?,
         });
+        o += 12 + 2 * parents;
     }
     Ok((jobs, next_at))
 }
 
 pub(crate) fn parse_flow_starts(reply: Value) -> Result<Vec<FlowStart>> {
-    items(reply)?.into_iter().map(parse_flow_start).collect()
-}
-
-fn parse_flow_start(reply: Value) -> Result<FlowStart> {
+    // Flat: 4 values per flow (start_flows.lua).
     let f = items(reply)?;
-    if f.len() < 2 {
-        return Err(QueueError::Protocol("start_flow reply".into()));
+    if f.len() % 4 != 0 {
+        return Err(QueueError::Protocol("start_flows reply".into()));
     }
-    let created = get::<i64>(&f[0])? == 1;
-    let flow_id = get(&f[1])?;
-    if !created {
-        return Ok(FlowStart { created, flow_id, created_at_ms: 0, admitted: false });
-    }
-    let (Some(ts), Some(admitted)) = (f.get(2), f.get(3)) else {
-        return Err(QueueError::Protocol("start_flow reply".into()));
-    };
-    Ok(FlowStart { created, flow_id, created_at_ms: get(ts)?, admitted: get::<i64>(admitted)? == 1 })
+    f.chunks(4)
+        .map(|c| {
+            let created = get::<i64>(&c[0])? == 1;
+            let flow_id = get(&c[1])?;
+            if !created {
+                return Ok(FlowStart { created, flow_id, created_at_ms: 0, admitted: false });
+            }
+            Ok(FlowStart { created, flow_id, created_at_ms: get(&c[2])?, admitted: get::<i64>(&c[3])? == 1 })
+        })
+        .collect()
 }
 
 pub(crate) fn parse_complete(reply: Value) -> Result<Vec<CompleteOutcome>> {
-    items(reply)?
-        .into_iter()
-        .map(|item| {
-            let f = items(item)?;
-            if get::<i64>(&f[0])? == 1 {
-                Ok(CompleteOutcome::Recorded {
-                    ready: get(&f[1])?,
-                    flow_state: get(&f[2])?,
-                    flow_index: get(&f[3])?,
-                })
-            } else {
-                Ok(CompleteOutcome::Refused(get(&f[1])?))
-            }
-        })
-        .collect()
+    // Flat, per job: 1, flow state, flow index, n, n ready ids; or 0, reason (complete.lua).
+    let f = items(reply)?;
+    let bad = || QueueError::Protocol("complete reply".into());
+    let mut out = Vec::new();
+    let mut o = 0;
+    while o < f.len() {
+        if get::<i64>(&f[o])? == 1 {
+            let head = f.get(o..o + 4).ok_or_else(bad)?;
+            let n: usize = get(&head[3])?;
+            let ready = f.get(o + 4..o + 4 + n).ok_or_else(bad)?.iter().map(get).collect::<Result<_>>()?;
+            out.push(CompleteOutcome::Recorded {
+                ready,
+                flow_state: get(&head[1])?,
+                flow_index: get(&head[2])?,
+            });
+            o += 4 + n;
+        } else {
+            out.push(CompleteOutcome::Refused(get(f.get(o + 1).ok_or_else(bad)?)?));
+            o += 2;
+        }
+    }
+    Ok(out)
 }
 
 fn parse_fail_fields(f: &[Value]) -> Result<FailOutcome> {

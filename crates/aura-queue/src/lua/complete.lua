@@ -3,9 +3,10 @@
 -- that makes each result recorded exactly once.
 -- KEYS[1]  P.."seq"
 -- ARGV[1]  P      ARGV[2]  WAKE      ARGV[3]  n, then per job: id, token, result
--- Returns  per job: {1, ready_dependents, flow_state, flow_index} when recorded (the
---          flow's index name, read anyway for its events: callers need no second read),
---          {0, reason} when refused.
+-- Returns  one flat list (nested reply tables are costly: see claim.lua), per job:
+--          1, flow_state, flow_index, number of ready dependents, the dependents — when
+--          recorded (the flow's index name, read anyway for its events: callers need no
+--          second read); 0, reason — when refused.
 local P, WAKE, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
 local now_s = int(now)
@@ -19,9 +20,13 @@ for i = 0, n - 1 do
   local jk = P .. 'j:' .. id
   local f = redis.call('HMGET', jk, 'l', 's', 'q', 'f', 'k', 'n')
   if f[2] == false or f[2] == nil then
-    out[#out + 1] = {0, 'unknown task'}
+    local w = #out
+    out[w + 1] = 0
+    out[w + 2] = 'unknown task'
   elseif f[2] ~= 'a' or f[1] ~= token then
-    if f[2] == 'x' then out[#out + 1] = {0, 'cancelled'} else out[#out + 1] = {0, 'stale lease'} end
+    local w = #out
+    out[w + 1] = 0
+    out[w + 2] = (f[2] == 'x') and 'cancelled' or 'stale lease'
   else
     local lane, flow = f[3], f[4]
     left_active[#left_active + 1] = id
@@ -32,11 +37,21 @@ for i = 0, n - 1 do
       local ready = {}
       emit(P, WAKE, flow, 'step.succeeded', {step_id = step_of(id)}, now)
       release_dependents(P, WAKE, flow, id, now, false, ready, nil, f[6] or '')
-      out[#out + 1] = {1, ready, settle_flow(P, WAKE, flow, now, 1), emit_cache[flow].workflow}
+      local state = settle_flow(P, WAKE, flow, now, 1)
+      local w = #out
+      out[w + 1] = 1
+      out[w + 2] = state
+      out[w + 3] = emit_cache[flow].workflow
+      out[w + 4] = #ready
+      for r = 1, #ready do out[w + 4 + r] = ready[r] end
     else
       done[#done + 1] = now_s
       done[#done + 1] = id
-      out[#out + 1] = {1, {}, '', ''}
+      local w = #out
+      out[w + 1] = 1
+      out[w + 2] = ''
+      out[w + 3] = ''
+      out[w + 4] = 0
     end
   end
 end

@@ -40,7 +40,8 @@ local SEQ_SPAN = 8796093022208 -- 2^43: (PRIO_MAX + 1) * 2^43 stays below 2^53
 -- transition, so their order on `runs.<flow>` is the order of the transitions themselves.
 -- The layout and message format are aura-bus's (see crates/aura-bus/src/lua/publish.lua).
 local EV_MAXLEN = 10000
-local EV_RETENTION_MS = 24 * 3600 * 1000
+-- (A string: a Lua number argument is formatted with '%.17g' on every call.)
+local EV_RETENTION_MS = '86400000' -- 24 h
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -175,7 +176,7 @@ local function flush_events()
       if last <= EV_MAXLEN then
         redis.call('XADD', key, n .. '-0', 't', e[1], 'p', e[2], 'ts', e[3])
       else
-        redis.call('XADD', key, 'MAXLEN', '~', EV_MAXLEN, n .. '-0', 't', e[1], 'p', e[2], 'ts', e[3])
+        redis.call('XADD', key, 'MAXLEN', '~', int(EV_MAXLEN), n .. '-0', 't', e[1], 'p', e[2], 'ts', e[3])
       end
       records[i] = c.epoch .. '|' .. n .. '|' .. e[3] .. '|' .. e[1] .. '|' .. e[2]
     end

@@ -14,9 +14,9 @@
 --   then 10 values per job: id, lane, max_attempts, backoff, lease_ms, payload, parents
 --   (comma list), dependents (comma list), continue_on_failure (0/1), release delay ms (a
 --   job with one waits that long once it becomes ready: durable `delay` steps)
--- Returns  per flow {1, flow_id, created ms, admitted (0/1)} when created (what a caller
---          needs to describe the new flow without reading it back), {0, existing_flow_id}
---          for a repeated key.
+-- Returns  one flat list, 4 values per flow: 1, flow_id, created ms, admitted (0/1) when
+--          created (what a caller needs to describe the new flow without reading it back);
+--          0, existing_flow_id, 0, 0 for a repeated key. (Flat: see claim.lua.)
 -- Flow hash fields: state, pending (jobs not finished), jobs, meta, in, ts created, p, idem,
 -- ix index, gated/admitted (0/1), delay, ev epoch of its event topic, to (1: has a deadline
 -- in P.."deadlines"); later st started, ft finished, err.
@@ -34,7 +34,7 @@ local function start_one(o)
   local J = o + 12
   if idem ~= '' then
     local existing = redis.call('GET', P .. 'idem:' .. idem)
-    if existing then return {0, existing} end
+    if existing then return 0, existing, 0, 0 end
   end
   local fk = P .. 'f:' .. flow
   local ids = {}
@@ -94,17 +94,21 @@ local function start_one(o)
     end
   end
   if idem ~= '' then redis.call('SET', P .. 'idem:' .. idem, flow, 'EX', ARGV[o + 2]) end
-  return {1, flow, now, admitted and 1 or 0}, J + n * 10
+  return 1, flow, now, admitted and 1 or 0, J + n * 10
 end
 
 local o = 4
 for _ = 1, count do
-  local result, next_o = start_one(o)
+  local created, flow, ts, admitted, next_o = start_one(o)
   if next_o == nil then
     -- A repeated key: skip the flow's values.
     next_o = o + 12 + tonumber(ARGV[o + 11]) * 10
   end
-  out[#out + 1] = result
+  local w = #out
+  out[w + 1] = created
+  out[w + 2] = flow
+  out[w + 3] = ts
+  out[w + 4] = admitted
   o = next_o
 end
 -- The listings, one ZADD per set for the whole call.
