@@ -14,6 +14,7 @@
 //! - `lua/`: every state transition, one script each.
 #![forbid(unsafe_code)]
 
+mod group;
 pub mod keys;
 mod scripts;
 mod types;
@@ -63,6 +64,8 @@ pub struct Queue {
     waker: Arc<Waker>,
     /// Most claimed jobs per concurrency key and lane at once (0: no cap).
     key_cap: u32,
+    /// Single starts waiting to share a script call (see `group`).
+    start_groups: Arc<group::StartGroups>,
 }
 
 impl Queue {
@@ -75,7 +78,8 @@ impl Queue {
         shutdown: CancellationToken,
     ) -> Result<Self> {
         let waker = Waker::start(redis_url, keys.wake_prefix(), shutdown)?;
-        Ok(Queue { conn, keys, waker, key_cap: 0 })
+        let start_groups = Arc::new(group::StartGroups::new(keys.partitions()));
+        Ok(Queue { conn, keys, waker, key_cap: 0, start_groups })
     }
 
     /// Caps the jobs of one concurrency key that may be claimed (active) at once, per lane
@@ -152,10 +156,53 @@ impl Queue {
         Ok(created)
     }
 
-    /// Creates a flow (see the crate docs) in partition `partition`.
+    /// Creates a flow (see the crate docs) in partition `partition`. Concurrent calls share
+    /// script calls (group commit: the first goes at once, those arriving meanwhile go
+    /// together next), so many clients starting one flow each cost Redis about what one
+    /// [`Queue::start_flows`] batch does.
     pub async fn start_flow(&self, partition: usize, flow: NewFlow) -> Result<FlowStart> {
-        let mut started = self.start_flows(partition, vec![flow]).await?;
-        started.pop().ok_or_else(|| QueueError::Protocol("start_flows reply".into()))
+        if partition >= self.keys.partitions() {
+            return Err(QueueError::Invalid {
+                field: "partition",
+                reason: format!("{partition} out of range"),
+            });
+        }
+        let (reply, started) = tokio::sync::oneshot::channel();
+        if self.start_groups.push(partition, flow, reply) {
+            let this = self.clone();
+            // Spawned, so a caller that gives up cannot strand the others' starts.
+            tokio::spawn(async move { this.drain_starts(partition).await });
+        }
+        started.await.map_err(|_| QueueError::Protocol("the shared start call was dropped".into()))?
+    }
+
+    /// Runs the waiting single starts of `partition`, a call's worth at a time, until none
+    /// wait.
+    async fn drain_starts(&self, partition: usize) {
+        loop {
+            let batch = self.start_groups.take(partition);
+            if batch.is_empty() {
+                return;
+            }
+            let (flows, replies): (Vec<NewFlow>, Vec<_>) = batch.into_iter().unzip();
+            match self.start_flows(partition, flows).await {
+                Ok(starts) if starts.len() == replies.len() => {
+                    for (reply, start) in replies.into_iter().zip(starts) {
+                        let _ = reply.send(Ok(start));
+                    }
+                }
+                Ok(_) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(QueueError::Protocol("start_flows reply".into())));
+                    }
+                }
+                Err(err) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(group::duplicate(&err)));
+                    }
+                }
+            }
+        }
     }
 
     /// Creates many flows in partition `partition`, in order, with one script call per

@@ -488,6 +488,51 @@ async fn a_batch_of_flows_starts_in_order_and_honours_keys_within_it() {
     a_batch_of_flows_starts_in_order_and_honours_keys_within_it_on(&redis.url()).await;
 }
 
+/// Concurrent single starts share script calls (group commit); each caller still gets its
+/// own answer, and a key repeated across callers creates one flow.
+async fn concurrent_single_starts_each_get_their_own_answer_on(url: &str) {
+    let q = queue_on(url, 2).await;
+    let starts = (0..300).map(|i| {
+        let q = q.clone();
+        tokio::spawn(async move {
+            let mut flow = diamond(&format!("s{i}"), 1);
+            // Every third start repeats one of ten keys.
+            if i % 3 == 0 {
+                flow.idempotency_key = format!("k{}", i % 10);
+            }
+            (i, q.start_flow(i % 2, flow).await.unwrap())
+        })
+    });
+    let mut by_key: std::collections::HashMap<String, Vec<(bool, String)>> = Default::default();
+    for start in futures::future::join_all(starts).await {
+        let (i, started) = start.unwrap();
+        if i % 3 == 0 {
+            by_key
+                .entry(format!("k{}:{}", i % 10, i % 2))
+                .or_default()
+                .push((started.created, started.flow_id));
+        } else {
+            assert!(started.created && started.flow_id == format!("s{i}"), "s{i}: {started:?}");
+        }
+    }
+    for (key, answers) in by_key {
+        assert_eq!(answers.iter().filter(|(created, _)| *created).count(), 1, "{key}: {answers:?}");
+        assert!(
+            answers.iter().all(|(_, id)| *id == answers.iter().find(|a| a.0).unwrap().1),
+            "{key}: {answers:?}"
+        );
+    }
+    // Every created flow's root is ready: 200 unkeyed starts and one per key.
+    let claimed = q.claim(&lanes("q"), 1000).await.unwrap().jobs;
+    assert_eq!(claimed.len(), 200 + 10);
+}
+
+#[tokio::test]
+async fn concurrent_single_starts_each_get_their_own_answer() {
+    let redis = RedisServer::start();
+    concurrent_single_starts_each_get_their_own_answer_on(&redis.url()).await;
+}
+
 async fn failing_step_fails_flow_unless_it_continues_on_failure_on(url: &str) {
     let q = queue_on(url, 1).await;
     // a -> b, a fails for good: b is cancelled, the flow fails.
