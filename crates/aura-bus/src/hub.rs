@@ -1,13 +1,14 @@
 //! Subscriptions: one Redis pattern subscription per distinct pattern per process, shared
 //! by every local subscriber, with bounded per-subscriber buffers.
 //!
-//! A subscriber is registered for live events *before* its history is read, so nothing
-//! published in between is missed; live events at or before the last replayed offset are
+//! A subscriber is registered for live events *before* its history is read, and the history
+//! is read only once Redis has confirmed the pattern subscription, so nothing published in
+//! between is missed; live events at or before the last replayed offset are
 //! dropped, so nothing is seen twice. After a Redis reconnect, subscribers of a concrete
 //! topic replay what they missed from the stream.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -44,6 +45,8 @@ struct Inner {
     globs: Mutex<HashMap<String, usize>>,
     commands: mpsc::UnboundedSender<Command>,
     reconnects: watch::Sender<u64>,
+    /// Globs Redis has confirmed on the current connection (PSUBSCRIBE answered).
+    confirmed: watch::Sender<HashSet<String>>,
     next_id: AtomicU64,
     buffer: usize,
     metrics: HubMetrics,
@@ -102,6 +105,7 @@ impl Hub {
             globs: Mutex::new(HashMap::new()),
             commands,
             reconnects: watch::channel(0).0,
+            confirmed: watch::channel(HashSet::new()).0,
             next_id: AtomicU64::new(1),
             buffer,
             metrics: HubMetrics::default(),
@@ -172,12 +176,28 @@ impl Hub {
         Ok(out_rx)
     }
 
+    /// Waits until Redis has confirmed the pattern subscriptions behind `patterns` (at most
+    /// `limit`): from then on every event published on them reaches this hub. The Events
+    /// service answers a Subscribe only then, so a client that subscribes and then starts
+    /// a run sees all of its events. False when `limit` passed first (Redis away: the
+    /// subscription goes live when it reconnects).
+    pub async fn wait_subscribed(&self, patterns: &[Pattern], limit: Duration) -> bool {
+        let prefix = self.inner.bus.channel_prefix();
+        let globs: Vec<String> = patterns.iter().map(|p| p.redis_glob(&prefix)).collect();
+        wait_confirmed(&self.inner, &globs, limit).await
+    }
+
     fn acquire(&self, globs: &[String]) {
         let mut map = self.inner.globs.lock().unwrap_or_else(|p| p.into_inner());
         for glob in globs {
             let count = map.entry(glob.clone()).or_insert(0);
             *count += 1;
             if *count == 1 {
+                // Not confirmed until this PSUBSCRIBE is answered, even if an unsubscribe
+                // of the same glob is still queued.
+                self.inner.confirmed.send_modify(|set| {
+                    set.remove(glob);
+                });
                 let _ = self.inner.commands.send(Command::Subscribe(glob.clone()));
             }
         }
@@ -191,6 +211,9 @@ impl Hub {
                 *count -= 1;
                 if *count == 0 {
                     map.remove(glob);
+                    self.inner.confirmed.send_modify(|set| {
+                        set.remove(glob);
+                    });
                     let _ = self.inner.commands.send(Command::Unsubscribe(glob.clone()));
                 }
             }
@@ -214,7 +237,7 @@ impl Drop for SubGuard {
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     bus: Bus,
-    _guard: SubGuard,
+    guard: SubGuard,
     start: Start,
     resume_topic: Option<String>,
     mut live: mpsc::Receiver<EventRecord>,
@@ -228,6 +251,11 @@ async fn forward(
         _ => None,
     };
     let mut last_any = String::new();
+    // History is read once the live subscription is in place, so that an event published
+    // meanwhile is either in the history read or arrives live (and is deduplicated).
+    if resume_topic.is_some() {
+        wait_confirmed(&guard.hub.inner, &guard.globs, SUBSCRIBE_WAIT).await;
+    }
     if let Some(topic) = &resume_topic
         && !replay(&bus, topic, &mut last, &out).await
     {
@@ -312,6 +340,16 @@ async fn replay(
     }
 }
 
+/// How long a subscription waits for Redis to confirm its patterns before it reads history
+/// or answers anyway (a reconnect replays what was missed).
+pub const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
+
+async fn wait_confirmed(inner: &Inner, globs: &[String], limit: Duration) -> bool {
+    let mut confirmed = inner.confirmed.subscribe();
+    let all = move |set: &HashSet<String>| globs.iter().all(|g| set.contains(g));
+    tokio::time::timeout(limit, confirmed.wait_for(all)).await.is_ok_and(|r| r.is_ok())
+}
+
 async fn run_connection(
     inner: Arc<Inner>,
     client: redis::Client,
@@ -324,8 +362,12 @@ async fn run_connection(
             let (mut sink, mut stream) = client.get_async_pubsub().await?.split();
             let globs: Vec<String> =
                 inner.globs.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+            inner.confirmed.send_modify(HashSet::clear);
             for glob in globs {
-                sink.psubscribe(glob).await?;
+                sink.psubscribe(&glob).await?;
+                inner.confirmed.send_modify(|set| {
+                    set.insert(glob);
+                });
             }
             inner.reconnects.send_modify(|n| *n += 1);
             if *inner.reconnects.borrow() > 1 {
@@ -334,8 +376,18 @@ async fn run_connection(
             loop {
                 tokio::select! {
                     cmd = commands.recv() => match cmd {
-                        Some(Command::Subscribe(glob)) => sink.psubscribe(glob).await?,
-                        Some(Command::Unsubscribe(glob)) => sink.punsubscribe(glob).await?,
+                        Some(Command::Subscribe(glob)) => {
+                            sink.psubscribe(&glob).await?;
+                            inner.confirmed.send_modify(|set| {
+                                set.insert(glob);
+                            });
+                        }
+                        Some(Command::Unsubscribe(glob)) => {
+                            inner.confirmed.send_modify(|set| {
+                                set.remove(&glob);
+                            });
+                            sink.punsubscribe(glob).await?;
+                        }
                         None => return Ok(()),
                     },
                     msg = stream.next() => match msg {
@@ -345,12 +397,14 @@ async fn run_connection(
                 }
             }
         };
-        tokio::select! {
+        let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            result = session => match result {
-                Ok(()) => tracing::warn!("event subscription connection closed; reconnecting"),
-                Err(err) => tracing::warn!(%err, "event subscription connection failed; reconnecting"),
-            },
+            result = session => result,
+        };
+        inner.confirmed.send_modify(HashSet::clear);
+        match result {
+            Ok(()) => tracing::warn!("event subscription connection closed; reconnecting"),
+            Err(err) => tracing::warn!(%err, "event subscription connection failed; reconnecting"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -261,3 +261,23 @@ async fn a_batch_over_two_topics_arrives_live_and_in_history_with_contiguous_off
     assert!(matches!(bus.publish("batch.a", "bad|type", &json!({})).await, Err(BusError::Invalid(_))));
     assert!(matches!(bus.publish("batch.a", "bad\ntype", &json!({})).await, Err(BusError::Invalid(_))));
 }
+
+/// Once `wait_subscribed` returns, the very next publish is delivered: no probing needed
+/// (the Events service answers Subscribe only then).
+#[tokio::test]
+async fn a_confirmed_subscription_gets_the_very_next_event() {
+    let redis = RedisServer::start();
+    let (bus, hub) = setup(&redis, Retention::default()).await;
+    for round in 0..20 {
+        let pattern = patterns(&[&format!("fresh{round}.*")]);
+        let mut sub = hub.subscribe(pattern.clone(), Start::Live, 16).unwrap();
+        assert!(hub.wait_subscribed(&pattern, Duration::from_secs(5)).await, "round {round}: confirmed");
+        bus.publish(&format!("fresh{round}.a"), "first", &json!({"round": round})).await.unwrap();
+        let event = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the first event never arrived"))
+            .unwrap()
+            .unwrap();
+        assert_eq!((event.event_type.as_str(), event.payload["round"].as_i64()), ("first", Some(round)));
+    }
+}

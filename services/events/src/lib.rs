@@ -103,7 +103,7 @@ impl EventsService {
     }
 
     /// Opens a subscription (shared by the Events and Gateway `Subscribe` handlers).
-    pub fn open(&self, req: pb::SubscribeRequest) -> Result<EventStream, Status> {
+    pub async fn open(&self, req: pb::SubscribeRequest) -> Result<EventStream, Status> {
         let patterns = req
             .patterns
             .iter()
@@ -130,10 +130,13 @@ impl EventsService {
                 ));
             }
         };
-        let rx = self.hub.subscribe(patterns, start, 64).map_err(|e| match e {
+        let rx = self.hub.subscribe(patterns.clone(), start, 64).map_err(|e| match e {
             BusError::Invalid(msg) => status::invalid_field("patterns", msg),
             other => to_status(other),
         })?;
+        // Answer once Redis delivers the patterns' events here: a client that subscribes
+        // and then publishes (or starts a run) must not miss what follows.
+        self.hub.wait_subscribed(&patterns, aura_bus::hub::SUBSCRIBE_WAIT).await;
         let stream = ReceiverStream::new(rx)
             .map(|item| item.map(event_to_pb).map_err(to_status))
             .take_until(self.shutdown.clone().cancelled_owned());
@@ -175,7 +178,7 @@ impl pb::events_server::Events for EventsService {
     type SubscribeStream = EventStream;
 
     async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Result<Response<EventStream>, Status> {
-        Ok(Response::new(self.open(req.into_inner())?))
+        Ok(Response::new(self.open(req.into_inner()).await?))
     }
 
     async fn get_history(
