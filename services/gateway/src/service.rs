@@ -62,7 +62,17 @@ impl GatewayService {
         req: pb::SubscribeRequest,
         until_final: bool,
     ) -> Result<EventStream, Status> {
-        let mut upstream = self.events.clone().subscribe(req).await?.into_inner();
+        let upstream = self.events.clone().subscribe(req).await?.into_inner();
+        Ok(self.forward(scope, upstream, until_final))
+    }
+
+    /// Hands an Events subscription to the caller, translated into its scope.
+    fn forward(
+        &self,
+        scope: Scope,
+        mut upstream: tonic::Streaming<pb::Event>,
+        until_final: bool,
+    ) -> EventStream {
         // A task forwards events (so a stream can end right after a final event, which a
         // stream adapter would only notice on the next one).
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -86,7 +96,7 @@ impl GatewayService {
                 }
             }
         });
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
 }
 
@@ -234,14 +244,19 @@ impl pb::gateway_server::Gateway for GatewayService {
 
     async fn watch_run(&self, req: Request<pb::WatchRunRequest>) -> Result<Response<EventStream>, Status> {
         let (scope, within, msg) = parts(req, DEFAULT_DEADLINE)?;
-        // NOT_FOUND (or INVALID_ARGUMENT) up front rather than a stream that never ends.
-        self.owned_run(&scope, &msg.run_id, within).await?;
         let subscribe = pb::SubscribeRequest {
             patterns: vec![format!("runs.{}", msg.run_id)],
             from_offset: String::new(),
             from_beginning: true,
         };
-        Ok(Response::new(self.stream(scope, subscribe, true).await?))
+        // NOT_FOUND (or INVALID_ARGUMENT) up front rather than a stream that never ends. The
+        // run is looked up while the subscription opens (two round trips in parallel, not in
+        // a row); a run that is not the caller's drops the subscription unread.
+        let mut events = self.events.clone();
+        let (owned, upstream) =
+            tokio::join!(self.owned_run(&scope, &msg.run_id, within), events.subscribe(subscribe));
+        owned?;
+        Ok(Response::new(self.forward(scope, upstream?.into_inner(), true)))
     }
 
     type SubscribeStream = EventStream;
