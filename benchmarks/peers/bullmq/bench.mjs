@@ -25,13 +25,14 @@
 //
 // Environment (defaults): REDIS_HOST (127.0.0.1), REDIS_PORT (6390), N_BULK (20000),
 // BULK_BATCH (1000), CONCURRENCY (10), QUEUE_NAME (bench-<time>), SCENARIO_TIMEOUT_MS
-// (600000), WARMUP_JOBS (0; the harness passes its BENCH_WARMUP_JOBS). Modes: `bulk`
-// (scenario 1) and `versions`. THE TARGET REDIS IS NOT FLUSHED HERE: use an empty,
+// (600000), WARMUP_JOBS (0; the harness passes its BENCH_WARMUP_JOBS), N_LAT (1000),
+// LAT_WARMUP (100), LAT_CONCURRENCY (10). Modes: `bulk` (scenario 1), `latency`
+// (scenario 3) and `versions`. THE TARGET REDIS IS NOT FLUSHED HERE: use an empty,
 // private instance.
 
 import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import { Queue, Worker } from 'bullmq';
+import { Queue, QueueEvents, Worker } from 'bullmq';
 import IORedis from 'ioredis';
 
 const env = process.env;
@@ -161,11 +162,39 @@ async function bulk() {
   };
 }
 
+// Latency (scenario 3), as in /work/shared/peers/bullmq/RESULTS.md (b): a Worker with
+// concurrency LAT_CONCURRENCY and a QueueEvents run the whole time; one job is added with
+// `await queue.add()`, then `await job.waitUntilFinished(queueEvents)`, then the next.
+// LAT_WARMUP jobs are discarded, N_LAT measured (performance.now()).
+async function latency() {
+  const n = Number(env.N_LAT ?? 1000);
+  const warm = Number(env.LAT_WARMUP ?? 100);
+  const queue = new Queue(QUEUE_NAME, { connection });
+  const events = new QueueEvents(QUEUE_NAME, { connection });
+  const worker = new Worker(QUEUE_NAME, async () => null, { connection, concurrency: Number(env.LAT_CONCURRENCY ?? 10) });
+  await queue.waitUntilReady();
+  await events.waitUntilReady();
+  await worker.waitUntilReady();
+  const samples = [];
+  for (let i = 0; i < warm + n; i += 1) {
+    const t0 = performance.now();
+    const job = await queue.add('noop', { i });
+    await job.waitUntilFinished(events, TIMEOUT_MS);
+    if (i >= warm) samples.push(performance.now() - t0);
+  }
+  await worker.close();
+  await events.close();
+  await queue.close();
+  const sorted = [...samples].sort((a, b) => a - b);
+  const pct = (p) => sorted[Math.max(0, Math.ceil((p / 100) * sorted.length) - 1)];
+  return { scenario: 'latency', system: 'bullmq', n, p50_ms: pct(50), p90_ms: pct(90), p99_ms: pct(99), samples_ms: samples };
+}
+
 async function versions() {
   return { node: process.version, bullmq: pkg('bullmq'), ioredis: pkg('ioredis') };
 }
 
-const modes = { bulk, versions };
+const modes = { bulk, latency, versions };
 if (!modes[mode]) {
   console.error(`unknown mode ${mode}; one of ${Object.keys(modes).join(', ')}`);
   process.exit(2);

@@ -3,14 +3,16 @@
 //!
 //! 1. bulk: N runs submitted with `StartRuns` (batches of 1,000), until all succeeded;
 //! 2. concurrent: N runs, one per `StartRun`, from 64 concurrent clients, until all succeeded;
-//! 3. latency: sequential single runs, `StartRun` → the run's `run.succeeded` event on a
-//!    `WatchRun` stream, p50/p90/p99;
+//! 3. latency: sequential single runs, `StartRun` → the run's `run.succeeded` event, seen on
+//!    a `Subscribe(runs.*)` stream open throughout (BullMQ's QueueEvents way) and on a
+//!    `WatchRun` opened after the start, p50/p90/p99;
 //! 5. event delivery: `Events.Publish` → each of 1 and 1,000 `Events.Subscribe` streams,
 //!    next to raw Redis PUBLISH → SUBSCRIBE on the same redis-server, one message at a time
 //!    (the next is published once every subscriber has the previous: unloaded latency).
 //!
-//! Prints a markdown section; `benchmarks/run.sh` appends it to RESULTS.md with ratios
-//! against the BullMQ figures of the same invocation.
+//! 1–3 run against BullMQ on the same redis-server (`benchmarks/peers/bullmq/bench.mjs`
+//! `bulk` at C=50 and `latency`), in alternating pairs; `BENCH_NO_PEER=1` skips it.
+//! Prints a markdown section; `benchmarks/run.sh` appends it to RESULTS.md.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,13 @@ mod machine;
 #[allow(dead_code)]
 #[path = "../redis_stats.rs"]
 mod redis_stats;
+// The BullMQ peer, run on the mesh's redis-server between AURA's passes.
+#[allow(dead_code)]
+#[path = "../bulk.rs"]
+mod bulk;
+#[allow(dead_code)]
+#[path = "../bullmq.rs"]
+mod bullmq;
 
 use aura_proto::{json, v1 as pb};
 use aura_testkit::{
@@ -81,30 +90,88 @@ async fn main() -> anyhow::Result<()> {
     let () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut admin).await?;
     let cpu_start = info(admin.clone()).await?.cpu_s;
     let own_cpu_start = machine::own_cpu_s();
-    let start = Instant::now();
-    for _ in 0..n / 1000 {
-        let runs = (0..1000)
-            .map(|_| pb::StartRunRequest {
-                workflow_name: "bench".into(),
-                input: input(),
-                ..Default::default()
-            })
-            .collect();
-        let resp = gw.start_runs(pb::StartRunsRequest { runs }).await?.into_inner();
-        anyhow::ensure!(resp.results.iter().all(|r| r.code == 0), "a StartRuns item failed");
-    }
-    let submitted = start.elapsed();
-    let submit_work = redis_stats::PhaseStats::new(&info(admin.clone()).await?, cpu_start);
-    wait_completed(&mut gw, n as u64).await;
-    let bulk = start.elapsed();
+    let mut completed = 0u64;
+    let (submitted, after_submit, bulk) = bulk_runs(&mut gw, n, completed, Some(admin.clone())).await?;
+    completed += n as u64;
+    let submit_work = redis_stats::PhaseStats::new(&after_submit.expect("stats were asked for"), cpu_start);
     let own_cpu = machine::own_cpu_s() - own_cpu_start;
     let redis_work = redis_stats::PhaseStats::new(&info(admin.clone()).await?, cpu_start);
 
+    eprintln!("aura-bench-mesh: bulk pass 1 done");
     // 2. 64 concurrent clients, one run per call.
     let per_client = n / 64;
-    let concurrent = concurrent_runs(&mesh, per_client, n as u64).await?;
+    let concurrent = concurrent_runs(&mesh, per_client, completed).await?;
+    completed += (per_client * 64) as u64;
 
-    // 3. latency.
+    eprintln!("aura-bench-mesh: 64-client pass 1 done");
+    // 1–2 against BullMQ: pairs of (AURA bulk + 64 clients, BullMQ bulk at C=50) on this
+    // redis-server, alternating which goes first; the first AURA pass is the one above.
+    let peer = peer_from_env().await;
+    let pairs = env_usize("BENCH_MESH_PAIRS", 3).max(1);
+    let mut aura_bulk = vec![n as f64 / bulk.as_secs_f64()];
+    let mut aura_conc = vec![(per_client * 64) as f64 / concurrent.as_secs_f64()];
+    let mut bull_bulk = Vec::new();
+    for pair in 0..pairs {
+        let aura_first = pair % 2 == 1;
+        if pair > 0 && aura_first {
+            let (_, _, took) = bulk_runs(&mut gw, n, completed, None).await?;
+            completed += n as u64;
+            aura_bulk.push(n as f64 / took.as_secs_f64());
+            aura_conc.push(
+                (per_client * 64) as f64 / concurrent_runs(&mesh, per_client, completed).await?.as_secs_f64(),
+            );
+            completed += (per_client * 64) as u64;
+        }
+        if let Some((dir, node)) = &peer {
+            let params = bulk::BulkParams {
+                jobs: n as u64,
+                enqueue_batch: 1000,
+                concurrency: 50,
+                claim_batch: 1,
+                partitions: 1,
+            };
+            let r = bullmq::run(dir, node, redis.port(), &params, &format!("mesh-peer-{pair}"), 2000).await?;
+            bull_bulk.push(n as f64 / r.total_s);
+            eprintln!("aura-bench-mesh: BullMQ pass {} done", pair + 1);
+        }
+        if pair > 0 && !aura_first {
+            let (_, _, took) = bulk_runs(&mut gw, n, completed, None).await?;
+            completed += n as u64;
+            aura_bulk.push(n as f64 / took.as_secs_f64());
+            aura_conc.push(
+                (per_client * 64) as f64 / concurrent_runs(&mesh, per_client, completed).await?.as_secs_f64(),
+            );
+            completed += (per_client * 64) as u64;
+        }
+    }
+
+    eprintln!("aura-bench-mesh: throughput pairs done");
+    // 3. latency, two ways. Like BullMQ's `waitUntilFinished` on a QueueEvents (a
+    // listener open the whole time): one `Subscribe(runs.*)` stream, StartRun, wait for
+    // that run's run.succeeded. And as a client that watches only its own run: StartRun,
+    // then WatchRun (which looks the run up and replays its history first).
+    let mut listener = gw
+        .subscribe(pb::SubscribeRequest { patterns: vec!["runs.*".into()], ..Default::default() })
+        .await?
+        .into_inner();
+    let mut listened = Vec::with_capacity(latency_n);
+    for i in 0..latency_n + 50 {
+        let t0 = Instant::now();
+        let req = pb::StartRunRequest { workflow_name: "bench".into(), input: input(), ..Default::default() };
+        let run_id = gw.start_run(req).await?.into_inner().run.unwrap().run_id;
+        let topic = format!("runs.{run_id}");
+        while let Some(event) = listener.next().await {
+            let event = event?;
+            if event.topic == topic && event.r#type == "run.succeeded" {
+                break;
+            }
+        }
+        if i >= 50 {
+            listened.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    drop(listener);
+    listened.sort_by(f64::total_cmp);
     let mut samples = Vec::with_capacity(latency_n);
     for i in 0..latency_n + 50 {
         let t0 = Instant::now();
@@ -121,27 +188,76 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     samples.sort_by(f64::total_cmp);
+    let bull_latency = match &peer {
+        Some((dir, node)) => Some(bullmq_latency(dir, node, redis.port(), latency_n).await?),
+        None => None,
+    };
+
+    // The comparison table: medians (min–max) over the pairs, ratios within each pair.
+    println!("| figure | AURA mesh | BullMQ (same redis-server) | AURA / BullMQ |");
+    println!("|---|---:|---:|---:|");
+    let ratios = |ours: &[f64]| -> Vec<f64> { ours.iter().zip(&bull_bulk).map(|(a, b)| a / b).collect() };
+    let peer_cells = |ours: &[f64]| -> (String, String) {
+        if bull_bulk.is_empty() {
+            ("not run".into(), "".into())
+        } else {
+            (
+                cell(&bull_bulk, 0),
+                cell(&ratios(ours), 2).replacen(' ', "× ", 1) + if bull_bulk.len() == 1 { "×" } else { "" },
+            )
+        }
+    };
+    let (b, r) = peer_cells(&aura_bulk);
+    println!(
+        "| throughput ↑: {n} one-step runs via StartRuns (1,000 per call), submit → all succeeded, runs/s; BullMQ: {n} jobs addBulk → completed, C=50 | **{}** | {b} | {r} |",
+        cell(&aura_bulk, 0)
+    );
+    let (b, r) = peer_cells(&aura_conc);
+    println!(
+        "| throughput ↑: {} runs, one StartRun per call from 64 clients → all succeeded, runs/s; BullMQ: as above | **{}** | {b} | {r} |",
+        per_client * 64,
+        cell(&aura_conc, 0)
+    );
+    let lat = |v: &[f64]| {
+        format!("{:.2} / {:.2} / {:.2}", percentile(v, 50.0), percentile(v, 90.0), percentile(v, 99.0))
+    };
+    let (b, r) = match &bull_latency {
+        Some(bl) => (
+            lat(bl),
+            format!(
+                "{:.2}× / {:.2}× (p50 / p99)",
+                percentile(&listened, 50.0) / percentile(bl, 50.0),
+                percentile(&listened, 99.0) / percentile(bl, 99.0)
+            ),
+        ),
+        None => ("not run".into(), String::new()),
+    };
+    println!(
+        "| latency ↓, p50 / p90 / p99 ms, {latency_n} sequential runs: StartRun → run.succeeded on a `runs.*` subscription open throughout; BullMQ: add → waitUntilFinished on a QueueEvents (worker C=10) | **{}** | {b} | {r} |",
+        lat(&listened)
+    );
+    let r = match &bull_latency {
+        Some(bl) => format!(
+            "{:.2}× / {:.2}× (p50 / p99)",
+            percentile(&samples, 50.0) / percentile(bl, 50.0),
+            percentile(&samples, 99.0) / percentile(bl, 99.0)
+        ),
+        None => String::new(),
+    };
+    println!(
+        "| latency ↓, p50 / p90 / p99 ms: StartRun, then WatchRun (run looked up, history replayed) → run.succeeded | **{}** | | {r} |",
+        lat(&samples)
+    );
+    println!();
+    println!(
+        "Throughput: {pairs} pair(s) of passes (AURA's bulk and 64-client passes, BullMQ's bulk), alternating which goes first; median (min–max) over the pairs, ratios within each pair. Latency: one pass each, AURA first."
+    );
+    println!();
 
     let rate = |count: usize, d: Duration| count as f64 / d.as_secs_f64();
     println!("| figure | AURA mesh |");
     println!("|---|---:|");
-    println!(
-        "| bulk: {n} runs via StartRuns (1,000 per call), submit → all succeeded, runs/s | {:.0} |",
-        rate(n, bulk)
-    );
-    println!("| bulk: submit only (StartRuns), runs/s | {:.0} |", rate(n, submitted));
-    println!(
-        "| concurrent: {} runs, one StartRun per call from 64 clients, → all succeeded, runs/s | {:.0} |",
-        per_client * 64,
-        rate(per_client * 64, concurrent)
-    );
-    println!(
-        "| latency: StartRun → run.succeeded on WatchRun, p50 / p90 / p99 ms ({latency_n} sequential runs) | {:.2} / {:.2} / {:.2} |",
-        percentile(&samples, 50.0),
-        percentile(&samples, 90.0),
-        percentile(&samples, 99.0)
-    );
-
+    println!("| bulk: submit only (StartRuns), runs/s (first pass) | {:.0} |", rate(n, submitted));
     let per_run = |x: f64| x / n as f64;
     let script = redis_work.script();
     println!(
@@ -323,6 +439,93 @@ fn callgrind_dump(label: &str) {
 async fn admin_conn(url: &str) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
     let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
     redis::Client::open(url)?.get_multiplexed_async_connection_with_config(&config).await
+}
+
+/// `n` runs via StartRuns (1,000 per call), until the queue has `already + n` completed.
+/// Returns the submit time, Redis's counters right after submitting (when `admin` is
+/// given), and the time until all succeeded.
+async fn bulk_runs(
+    gw: &mut GatewayClient<Channel>,
+    n: usize,
+    already: u64,
+    admin: Option<redis::aio::MultiplexedConnection>,
+) -> anyhow::Result<(Duration, Option<redis_stats::Snapshot>, Duration)> {
+    let start = Instant::now();
+    for _ in 0..n / 1000 {
+        let runs = (0..1000)
+            .map(|_| pb::StartRunRequest {
+                workflow_name: "bench".into(),
+                input: json::json_to_struct(&serde_json::json!({"i": 1})),
+                ..Default::default()
+            })
+            .collect();
+        let resp = gw.start_runs(pb::StartRunsRequest { runs }).await?.into_inner();
+        anyhow::ensure!(resp.results.iter().all(|r| r.code == 0), "a StartRuns item failed");
+    }
+    let submitted = start.elapsed();
+    let after_submit = match admin {
+        Some(mut conn) => {
+            let text: String =
+                redis::cmd("INFO").arg("commandstats").arg("cpu").query_async(&mut conn).await?;
+            Some(redis_stats::parse_info(&text))
+        }
+        None => None,
+    };
+    wait_completed(gw, already + n as u64).await;
+    Ok((submitted, after_submit, start.elapsed()))
+}
+
+/// The BullMQ peer's directory and Node, unless `BENCH_NO_PEER` is set (the same knobs
+/// as `aura-bench`; `benchmarks/run.sh` installs the peer).
+async fn peer_from_env() -> Option<(std::path::PathBuf, String)> {
+    if matches!(std::env::var("BENCH_NO_PEER").as_deref(), Ok("1" | "true")) {
+        return None;
+    }
+    let dir = std::path::PathBuf::from(
+        std::env::var("BENCH_PEER_DIR").unwrap_or_else(|_| "benchmarks/peers/bullmq".into()),
+    );
+    let node = std::env::var("BENCH_NODE").unwrap_or_else(|_| "node".into());
+    match bullmq::versions(&dir, &node).await {
+        Ok(_) => Some((dir, node)),
+        Err(err) => {
+            eprintln!("aura-bench-mesh: BullMQ peer not available ({err:#}); its columns stay empty");
+            None
+        }
+    }
+}
+
+/// BullMQ's add → completed latency (bench.mjs `latency`): sorted samples, ms.
+async fn bullmq_latency(dir: &std::path::Path, node: &str, port: u16, n: usize) -> anyhow::Result<Vec<f64>> {
+    let out = tokio::process::Command::new(node)
+        .arg("bench.mjs")
+        .arg("latency")
+        .current_dir(dir)
+        .env("REDIS_HOST", "127.0.0.1")
+        .env("REDIS_PORT", port.to_string())
+        .env("N_LAT", n.to_string())
+        .env("QUEUE_NAME", "mesh-peer-latency")
+        .output()
+        .await?;
+    anyhow::ensure!(out.status.success(), "bench.mjs latency: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| l.starts_with('{')).ok_or_else(|| anyhow::anyhow!("no JSON"))?;
+    let v: serde_json::Value = serde_json::from_str(line)?;
+    let mut samples: Vec<f64> =
+        v["samples_ms"].as_array().into_iter().flatten().filter_map(serde_json::Value::as_f64).collect();
+    anyhow::ensure!(samples.len() == n, "bench.mjs latency: {} samples", samples.len());
+    samples.sort_by(f64::total_cmp);
+    Ok(samples)
+}
+
+/// Median (min–max) of `values`, with `decimals`.
+fn cell(values: &[f64], decimals: usize) -> String {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let f = |x: f64| format!("{x:.decimals$}");
+    if v.len() == 1 {
+        return f(v[0]);
+    }
+    format!("{} ({}–{})", f(v[v.len() / 2]), f(v[0]), f(v[v.len() - 1]))
 }
 
 fn median(xs: &[f64]) -> f64 {
