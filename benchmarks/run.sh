@@ -40,7 +40,7 @@ if [[ "${BENCH_NO_MESH:-}" != "1" ]]; then
     echo
     echo "## 2–3, 6–7. Whole mesh, rate limiter, memory (private redis-server, one-step noop workflow)"
     echo
-    echo "Compare with BullMQ's end-to-end jobs/s in section 1 (same machine, same invocation). The mesh runs in one process (Gateway, Scheduler, Worker, Events on loopback gRPC) except the memory rows, which run each role as its own release \`aura serve\` process."
+    echo "BullMQ runs on the mesh's own redis-server, between AURA's passes (bulk at C=50, and its latency scenario). The mesh runs in one process (Gateway, Scheduler, Worker, Events on loopback gRPC) except the memory rows and the last row, which run each role as its own release \`aura serve\` process."
     echo
     AURA_LOG=warn "${CARGO_TARGET_DIR:-target}/release/aura-bench-mesh"
   } >> "$out"
