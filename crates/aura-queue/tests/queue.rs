@@ -488,6 +488,58 @@ async fn a_batch_of_flows_starts_in_order_and_honours_keys_within_it() {
     a_batch_of_flows_starts_in_order_and_honours_keys_within_it_on(&redis.url()).await;
 }
 
+/// A one-step run (the common case, stored without its default fields) goes through start,
+/// claim and complete with its events; with a deadline, finishing also drops the deadline.
+async fn a_one_step_run_succeeds_with_or_without_a_deadline_on(url: &str) {
+    let q = queue_on(url, 1).await;
+    let conn = q.conn();
+    let lone = |id: &str, timeout: Duration| NewFlow {
+        timeout,
+        jobs: vec![flow_job(id, "s", &[], &[])],
+        ..diamond(id, 0)
+    };
+    q.start_flows(0, vec![lone("plain", Duration::ZERO), lone("timed", Duration::from_secs(60))])
+        .await
+        .unwrap();
+    let deadlines_key = format!("{}deadlines", q.keys().partition(0));
+    let deadlines = || {
+        let mut conn = conn.clone();
+        let key = deadlines_key.clone();
+        async move {
+            redis::cmd("ZRANGE").arg(key).arg(0).arg(-1).query_async::<Vec<String>>(&mut conn).await.unwrap()
+        }
+    };
+    assert_eq!(deadlines().await, ["timed"]);
+    let claimed = q.claim(&lanes("q"), 10).await.unwrap().jobs;
+    assert_eq!(claimed.iter().map(|j| j.lease.id.as_str()).collect::<Vec<_>>(), ["plain.s", "timed.s"]);
+    assert!(claimed.iter().all(|j| j.flow_started && j.parent_results.is_empty() && j.attempt == 1));
+    let done = q
+        .complete(claimed.into_iter().map(|j| Completion { lease: j.lease, result: "r".into() }).collect())
+        .await
+        .unwrap();
+    for outcome in &done {
+        assert!(
+            matches!(outcome, CompleteOutcome::Recorded { ready, flow_state, .. } if ready.is_empty() && flow_state == "succeeded"),
+            "{outcome:?}"
+        );
+    }
+    for flow in ["plain", "timed"] {
+        let types: Vec<String> = topic_events(&q, flow).await.into_iter().map(|(_, t)| t).collect();
+        assert_eq!(
+            types,
+            ["run.queued", "run.started", "step.started", "step.succeeded", "run.succeeded"],
+            "{flow}"
+        );
+    }
+    assert!(deadlines().await.is_empty(), "a finished run leaves no deadline behind");
+}
+
+#[tokio::test]
+async fn a_one_step_run_succeeds_with_or_without_a_deadline() {
+    let redis = RedisServer::start();
+    a_one_step_run_succeeds_with_or_without_a_deadline_on(&redis.url()).await;
+}
+
 /// Concurrent single starts share script calls (group commit); each caller still gets its
 /// own answer, and a key repeated across callers creates one flow.
 async fn concurrent_single_starts_each_get_their_own_answer_on(url: &str) {

@@ -29,7 +29,8 @@
 -- e last error, r result, ts created, st started, ft finished, rt when it last became ready
 -- (or is due, while delayed: queue wait is measured from it); flow jobs also: f flow id,
 -- pa parent ids, n dependent ids (comma-separated), pc parents still pending, cf
--- continue-on-failure flag, dl delay once ready (ms), k concurrency key ('' for none).
+-- continue-on-failure flag, dl delay once ready (ms), k concurrency key ('' for none); a
+-- flow job with neither parents nor dependents and default pa..k has none of those six.
 -- States: b blocked on parents, w waiting, d delayed, a active, c completed, f failed (dead),
 -- x cancelled, k skipped.
 
@@ -346,7 +347,7 @@ local function end_flow(P, WAKE, flow, state, err, now)
   end
   redis.call('HSET', fk, 'state', state, 'err', err, 'ft', int(now))
   redis.call('ZADD', P .. 'fdone', int(now), flow)
-  if flow_info(P, flow).to ~= '0' then redis.call('ZREM', P .. 'deadlines', flow) end
+  if flow_info(P, flow).to == '1' then redis.call('ZREM', P .. 'deadlines', flow) end
   release_gate(P, WAKE, flow, now)
   local fields = {error = err}
   if state == 'cancelled' then fields = {reason = err} end
@@ -394,7 +395,7 @@ local function settle_flow(P, WAKE, flow, now, finished)
   else
     redis.call('HSET', fk, 'pending', int(info.pending), 'state', 'succeeded', 'ft', int(now))
     redis.call('ZADD', P .. 'fdone', int(now), flow)
-    if info.to ~= '0' then redis.call('ZREM', P .. 'deadlines', flow) end
+    if info.to == '1' then redis.call('ZREM', P .. 'deadlines', flow) end
     release_gate(P, WAKE, flow, now)
     emit(P, WAKE, flow, 'run.succeeded', {}, now)
     expire_events(P, flow)

@@ -19,7 +19,8 @@
 --          0, existing_flow_id, 0, 0 for a repeated key. (Flat: see claim.lua.)
 -- Flow hash fields: state, pending (jobs not finished), jobs, meta, in, ts created, p, idem,
 -- ix index, gated/admitted (0/1), delay, ev epoch of its event topic, to (1: has a deadline
--- in P.."deadlines"); later st started, ft finished, err.
+-- in P.."deadlines"); later st started, ft finished, err. p, idem, gated, delay and to are
+-- left out when all are at their defaults (0, '', 0, 0, 0).
 local P, WAKE, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
 local now_s = int(now)
@@ -50,9 +51,17 @@ local function start_one(o)
     end
   end
   local gated, adm, to = (limit > 0) and '1' or '0', admitted and '1' or '0', (timeout > 0) and '1' or '0'
-  redis.call('HSET', fk, 'state', 'pending', 'pending', ARGV[o + 11], 'jobs', table.concat(ids, ','),
-    'meta', ARGV[o + 3], 'in', ARGV[o + 4], 'ts', now_s, 'p', ARGV[o + 6], 'idem', idem, 'ix', index,
-    'gated', gated, 'admitted', adm, 'delay', ARGV[o + 5], 'ev', epoch, 'to', to)
+  -- Fields at their defaults (no priority, key, gate, delay or deadline) are left out: a
+  -- listpack hash is searched linearly on every HSET/HMGET, so each field costs every later
+  -- access to the record. Readers treat a missing field as its default.
+  if ARGV[o + 6] == '0' and idem == '' and gated == '0' and ARGV[o + 5] == '0' and to == '0' then
+    redis.call('HSET', fk, 'state', 'pending', 'pending', ARGV[o + 11], 'jobs', table.concat(ids, ','),
+      'meta', ARGV[o + 3], 'in', ARGV[o + 4], 'ts', now_s, 'ix', index, 'admitted', adm, 'ev', epoch)
+  else
+    redis.call('HSET', fk, 'state', 'pending', 'pending', ARGV[o + 11], 'jobs', table.concat(ids, ','),
+      'meta', ARGV[o + 3], 'in', ARGV[o + 4], 'ts', now_s, 'p', ARGV[o + 6], 'idem', idem, 'ix', index,
+      'gated', gated, 'admitted', adm, 'delay', ARGV[o + 5], 'ev', epoch, 'to', to)
+  end
   -- A new flow starts a new event history (its topic's epoch and numbers are written with
   -- its first events: see flush_events), so nothing of it is read back here.
   emit_cache[flow] = {epoch = epoch, workflow = index, events = {}, fresh = true, expire = false,
@@ -84,9 +93,15 @@ local function start_one(o)
     if pc == 0 and admitted then
       if wait > 0 then state = 'd' else state = 'w' end
     end
-    redis.call('HSET', P .. 'j:' .. id, 'q', lane, 'p', ARGV[o + 6], 'a', '0', 'm', ARGV[j + 2], 'b', ARGV[j + 3],
-      't', ARGV[j + 4], 'd', ARGV[j + 5], 's', state, 'ts', now_s, 'rt', int(now + wait), 'f', flow, 'pa', parents,
-      'n', ARGV[j + 7], 'pc', int(pc), 'cf', ARGV[j + 8], 'dl', ARGV[j + 9], 'k', ckey)
+    if pc == 0 and ARGV[j + 7] == '' and ARGV[j + 8] == '0' and dl == 0 and ckey == '' then
+      -- A lone step (no parents, no dependents, defaults): its default fields left out.
+      redis.call('HSET', P .. 'j:' .. id, 'q', lane, 'p', ARGV[o + 6], 'a', '0', 'm', ARGV[j + 2], 'b', ARGV[j + 3],
+        't', ARGV[j + 4], 'd', ARGV[j + 5], 's', state, 'ts', now_s, 'rt', int(now + wait), 'f', flow)
+    else
+      redis.call('HSET', P .. 'j:' .. id, 'q', lane, 'p', ARGV[o + 6], 'a', '0', 'm', ARGV[j + 2], 'b', ARGV[j + 3],
+        't', ARGV[j + 4], 'd', ARGV[j + 5], 's', state, 'ts', now_s, 'rt', int(now + wait), 'f', flow, 'pa', parents,
+        'n', ARGV[j + 7], 'pc', int(pc), 'cf', ARGV[j + 8], 'dl', ARGV[j + 9], 'k', ckey)
+    end
     if state == 'd' then
       push_delayed(P, WAKE, id, lane, now + wait)
     elseif state == 'w' then
