@@ -186,8 +186,19 @@ impl Bus {
             inv.arg(topic).arg(event_type).arg(payload.to_string());
         }
         let mut conn = self.conn.clone();
-        let reply: Vec<(String, u64, u64)> = inv.invoke_async(&mut conn).await?;
-        Ok(reply.into_iter().map(|(epoch, n, _)| Offset { epoch, n }).collect())
+        // Flat: epoch, n per event (publish.lua).
+        let reply: Vec<redis::Value> = inv.invoke_async(&mut conn).await?;
+        reply
+            .chunks_exact(2)
+            .map(|c| {
+                Ok(Offset {
+                    epoch: redis::FromRedisValue::from_redis_value(c[0].clone())
+                        .map_err(redis::RedisError::from)?,
+                    n: redis::FromRedisValue::from_redis_value(c[1].clone())
+                        .map_err(redis::RedisError::from)?,
+                })
+            })
+            .collect()
     }
 
     /// The topic's current epoch ('' when it has no history).
