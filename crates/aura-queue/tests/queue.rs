@@ -531,6 +531,31 @@ async fn a_one_step_run_succeeds_with_or_without_a_deadline_on(url: &str) {
             "{flow}"
         );
     }
+    // Payloads are JSON with run_id, workflow and the step's fields, whether built by
+    // concatenation (plain ids) or by cjson (ids that need escaping).
+    let mut odd = lone("odd\"id", Duration::ZERO);
+    odd.index = "wf\\x".into();
+    q.start_flow(0, odd).await.unwrap();
+    let job = q.claim(&lanes("q"), 1).await.unwrap().jobs.remove(0);
+    q.complete(vec![Completion { lease: job.lease, result: "r".into() }]).await.unwrap();
+    for (flow, workflow) in [("plain", ""), ("odd\"id", "wf\\x")] {
+        let mut conn = q.conn();
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(q.flow_events_key(0, flow))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let payloads: Vec<serde_json::Value> =
+            entries.iter().map(|(_, f)| serde_json::from_str(&f[3]).expect("JSON payload")).collect();
+        for p in &payloads {
+            assert_eq!((p["run_id"].as_str(), p["workflow"].as_str()), (Some(flow), Some(workflow)), "{p}");
+        }
+        assert_eq!(payloads[2]["step_id"], "s");
+        assert_eq!(payloads[2]["attempt"], 1);
+        assert_eq!(payloads[3]["step_id"], "s");
+    }
     assert!(deadlines().await.is_empty(), "a finished run leaves no deadline behind");
 }
 

@@ -103,14 +103,14 @@ for li = 5, #ARGV do
           local ff = read_flow(P, flow, 'meta', 'in', 'state')
           if ff[3] == 'pending' then
             redis.call('HSET', fk, 'state', 'running', 'st', now_s)
-            emit(P, WAKE, flow, 'run.started', {}, now)
+            emit(P, WAKE, flow, 'run.started', nil, now)
             started = 1
           end
           fl = {ff[1] or '', ff[2] or ''}
           flows[flow] = fl
         end
         meta, input = fl[1], fl[2]
-        emit(P, WAKE, flow, 'step.started', {step_id = step_of(id), attempt = attempt}, now)
+        emit(P, WAKE, flow, 'step.started', nil, now, step_of(id), attempt)
         for _, pid in ipairs(split(f[5])) do
           parents[#parents + 1] = pid
           parents[#parents + 1] = redis.call('HGET', P .. 'j:' .. pid, 'r') or ''

@@ -35,7 +35,7 @@ for i = 0, n - 1 do
     done_by_lane[lane] = (done_by_lane[lane] or 0) + 1
     if flow and flow ~= '' then
       local ready = {}
-      emit(P, WAKE, flow, 'step.succeeded', {step_id = step_of(id)}, now)
+      emit(P, WAKE, flow, 'step.succeeded', nil, now, step_of(id))
       release_dependents(P, WAKE, flow, id, now, false, ready, nil, f[6] or '')
       local state = settle_flow(P, WAKE, flow, now, 1)
       local w = #out

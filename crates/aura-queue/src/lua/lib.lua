@@ -130,15 +130,46 @@ local function flow_info(P, flow)
   return emit_cache[flow]
 end
 
--- Appends an event (`fields` becomes the JSON payload, with run_id and workflow added).
-local function emit(P, WAKE, flow, etype, fields, now)
+-- Ids and names that need no JSON escaping. AURA's run ids, workflow names and step ids
+-- are of these characters, so the common events' payloads are concatenated rather than
+-- built as a table for cjson (a table write, a resize and an encode per event).
+local function plain(s)
+  return string.find(s, '^[%w_.:%-]*$') ~= nil
+end
+
+local now_cached, now_string = nil, nil
+
+-- Appends an event. Its JSON payload is run_id, workflow, then either `fields` (a table:
+-- any values) or, with `fields` nil, the optional `step` (step_id) and `attempt`.
+local function emit(P, WAKE, flow, etype, fields, now, step, attempt)
   local cached = flow_info(P, flow)
   if emit_ctx == nil then emit_ctx = {P, WAKE} end
-  fields['run_id'] = flow
-  fields['workflow'] = cached.workflow
+  local workflow = cached.workflow
+  if cached.head == nil then
+    -- The payload's start, once per flow and call ('' when it needs escaping).
+    cached.head = (plain(flow) and plain(workflow)) and ('{"run_id":"' .. flow .. '","workflow":"' .. workflow .. '"') or ''
+  end
+  local payload
+  if fields == nil and cached.head ~= '' and step == nil then
+    payload = cached.head .. '}'
+  elseif fields == nil and cached.head ~= '' and plain(step) then
+    if attempt then
+      payload = cached.head .. ',"step_id":"' .. step .. '","attempt":' .. int(attempt) .. '}'
+    else
+      payload = cached.head .. ',"step_id":"' .. step .. '"}'
+    end
+  else
+    fields = fields or {}
+    if step then fields['step_id'] = step end
+    if attempt then fields['attempt'] = attempt end
+    fields['run_id'] = flow
+    fields['workflow'] = workflow
+    payload = cjson.encode(fields)
+  end
+  if now ~= now_cached then now_cached, now_string = now, int(now) end
   local events = cached.events
   if #events == 0 then emit_order[#emit_order + 1] = flow end
-  events[#events + 1] = {etype, cjson.encode(fields), int(now)}
+  events[#events + 1] = {etype, payload, now_string}
 end
 
 -- A finished flow's events are kept for the retention period, then expire.
@@ -331,7 +362,7 @@ local function release_gate(P, WAKE, flow, now)
           unblock(P, WAKE, id, j[3], tonumber(j[4]) or 0, j[6], math.max(delay, tonumber(j[5]) or 0), now)
         end
       end
-      emit(P, WAKE, next_flow, 'run.admitted', {}, now)
+      emit(P, WAKE, next_flow, 'run.admitted', nil, now)
       return
     end
   end
@@ -368,7 +399,7 @@ local function release_dependents(P, WAKE, flow, id, now, skip, ready, skipped, 
       if redis.call('HGET', dk, 's') == 'b' then
         redis.call('HSET', dk, 's', 'k', 'ft', int(now))
         skipped[#skipped + 1] = dep
-        emit(P, WAKE, flow, 'step.skipped', {step_id = step_of(dep)}, now)
+        emit(P, WAKE, flow, 'step.skipped', nil, now, step_of(dep))
         release_dependents(P, WAKE, flow, dep, now, true, ready, skipped)
       end
     elseif redis.call('HINCRBY', dk, 'pc', -1) == 0 then
@@ -376,7 +407,7 @@ local function release_dependents(P, WAKE, flow, id, now, skip, ready, skipped, 
       if d[1] == 'b' then
         unblock(P, WAKE, dep, d[2], tonumber(d[3]) or 0, d[5], tonumber(d[4]) or 0, now)
         ready[#ready + 1] = dep
-        emit(P, WAKE, flow, 'step.queued', {step_id = step_of(dep)}, now)
+        emit(P, WAKE, flow, 'step.queued', nil, now, step_of(dep))
       end
     end
   end
@@ -397,7 +428,7 @@ local function settle_flow(P, WAKE, flow, now, finished)
     redis.call('ZADD', P .. 'fdone', int(now), flow)
     if info.to == '1' then redis.call('ZREM', P .. 'deadlines', flow) end
     release_gate(P, WAKE, flow, now)
-    emit(P, WAKE, flow, 'run.succeeded', {}, now)
+    emit(P, WAKE, flow, 'run.succeeded', nil, now)
     expire_events(P, flow)
     return 'succeeded'
   end

@@ -67,7 +67,7 @@ local function start_one(o)
   emit_cache[flow] = {epoch = epoch, workflow = index, events = {}, fresh = true, expire = false,
     gated = gated, admitted = adm, to = to, pending = n}
   if admitted then
-    emit(P, WAKE, flow, 'run.queued', {}, now)
+    emit(P, WAKE, flow, 'run.queued', nil, now)
   else
     emit(P, WAKE, flow, 'run.queued', {waiting_for_concurrency = true}, now)
   end
