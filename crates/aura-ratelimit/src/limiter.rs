@@ -1,4 +1,5 @@
-//! The decision: one GCRA script on Redis per call, an in-process limiter when Redis is away.
+//! The decision: a GCRA script on Redis (one call per batch of concurrent requests of a
+//! bucket), an in-process limiter when Redis is away.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -10,6 +11,7 @@ use std::{
 use aura_common::redis::RedisConn;
 use governor::{DefaultKeyedRateLimiter, Quota as GovernorQuota};
 use redis::Script;
+use tokio::sync::oneshot;
 
 use crate::quota::{Limit, Quota, parse_override};
 
@@ -105,7 +107,16 @@ pub struct RateLimiter {
     /// Set when Redis failed: until then, decide locally without trying Redis (a
     /// reconnecting Redis must not add latency to every call).
     redis_down_until: Mutex<Option<Instant>>,
+    /// Requests waiting for a bucket's decision call in flight (see `decide`).
+    batches: Arc<Batches>,
 }
+
+/// Per bucket and quota: the requests waiting while a decision call is in flight. An
+/// entry exists while a drain task owns the bucket's calls.
+type Batches = Mutex<HashMap<(String, Quota), Vec<(u32, oneshot::Sender<Result<Reply, String>>)>>>;
+
+/// One request's decision from the script: allowed (0/1), remaining, retry µs, reset µs.
+type Reply = (i64, i64, i64, i64);
 
 impl RateLimiter {
     /// A limiter with `default` per tenant and group, and `fail` while Redis is away.
@@ -119,6 +130,7 @@ impl RateLimiter {
             overrides: Mutex::default(),
             local: Mutex::default(),
             redis_down_until: Mutex::default(),
+            batches: Arc::default(),
         }
     }
 
@@ -216,18 +228,31 @@ impl RateLimiter {
         (quota, self.decide(&key, quota, cost).await)
     }
 
+    /// Decides on Redis. Concurrent requests of one bucket share calls (group commit):
+    /// the first goes at once, those arriving while it is in flight go together next, each
+    /// decided in order by the same script. A tenant's burst of calls then costs Redis one
+    /// round trip per batch instead of one per call, and an idle bucket waits for nothing.
     async fn decide(&self, key: &str, quota: Quota, cost: u32) -> Decision {
-        let interval_us = quota.per.as_secs_f64() * 1e6 / f64::from(quota.requests.max(1));
-        let mut conn = self.conn.clone();
-        let mut invocation = GCRA.key(key);
-        invocation.arg(interval_us).arg(quota.burst).arg(cost);
-        let call = invocation.invoke_async::<(i64, i64, i64, i64)>(&mut conn);
-        // A limiter must not make calls wait for a reconnecting Redis: past the budget it
-        // decides without Redis.
-        let reply = match tokio::time::timeout(REDIS_BUDGET, call).await {
-            Ok(reply) => reply.map_err(|e| e.to_string()),
-            Err(_) => Err("no answer within the limiter's budget".to_string()),
+        let (tx, rx) = oneshot::channel();
+        let lead = {
+            let mut batches = self.batches.lock().unwrap_or_else(|p| p.into_inner());
+            match batches.get_mut(&(key.to_string(), quota)) {
+                Some(waiting) => {
+                    waiting.push((cost, tx));
+                    false
+                }
+                None => {
+                    batches.insert((key.to_string(), quota), vec![(cost, tx)]);
+                    true
+                }
+            }
         };
+        if lead {
+            // Spawned, so a caller that gives up cannot strand the others' decisions.
+            tokio::spawn(drain(self.conn.clone(), self.batches.clone(), key.to_string(), quota));
+        }
+        // The drain answers within its budget, or with why Redis could not decide.
+        let reply = rx.await.unwrap_or_else(|_| Err("the decision call was dropped".to_string()));
         let micros = |us: i64| Duration::from_micros(us.max(0) as u64);
         match reply {
             Ok((1, remaining, _, reset_us)) => Decision::Allow {
@@ -276,6 +301,45 @@ impl RateLimiter {
             },
             // More than the bucket holds: never, as on Redis; say "a full unit".
             Err(_) => Decision::Deny { limit: quota.burst, retry_after: quota.per },
+        }
+    }
+}
+
+/// Runs a bucket's waiting requests, a call's worth at a time, until none wait.
+async fn drain(conn: RedisConn, batches: Arc<Batches>, key: String, quota: Quota) {
+    let interval_us = quota.per.as_secs_f64() * 1e6 / f64::from(quota.requests.max(1));
+    let slot = (key, quota);
+    loop {
+        let batch = {
+            let mut all = batches.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(waiting) = all.get_mut(&slot) else { return };
+            if waiting.is_empty() {
+                all.remove(&slot);
+                return;
+            }
+            std::mem::take(waiting)
+        };
+        let mut invocation = GCRA.key(&slot.0);
+        invocation.arg(interval_us).arg(quota.burst);
+        for (cost, _) in &batch {
+            invocation.arg(*cost);
+        }
+        let mut conn = conn.clone();
+        let call = invocation.invoke_async::<Vec<i64>>(&mut conn);
+        // A limiter must not make calls wait for a reconnecting Redis: past the budget it
+        // decides without Redis.
+        let replies = match tokio::time::timeout(REDIS_BUDGET, call).await {
+            Ok(Ok(flat)) if flat.len() == 4 * batch.len() => Ok(flat),
+            Ok(Ok(flat)) => Err(format!("{} values for {} decisions", flat.len(), batch.len())),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err("no answer within the limiter's budget".to_string()),
+        };
+        for (i, (_, reply)) in batch.into_iter().enumerate() {
+            let decided = match &replies {
+                Ok(f) => Ok((f[4 * i], f[4 * i + 1], f[4 * i + 2], f[4 * i + 3])),
+                Err(err) => Err(err.clone()),
+            };
+            let _ = reply.send(decided);
         }
     }
 }

@@ -76,3 +76,35 @@ async fn redis_outage_falls_back_as_configured_and_recovers() {
     })
     .await;
 }
+
+/// Concurrent requests of one bucket share decision calls; each is still decided on its
+/// own: of 200 at once against a burst of 50 (and a refill far slower than the test),
+/// exactly 50 pass, and a denied one is told when to retry.
+#[tokio::test]
+async fn concurrent_requests_of_a_bucket_get_exactly_the_burst() {
+    let redis = RedisServer::start();
+    let l = std::sync::Arc::new(limiter(&redis, Limit { rps: 1, burst: 50 }, FailMode::Closed).await);
+    let calls = (0..200).map(|_| {
+        let l = l.clone();
+        tokio::spawn(async move { l.check("acme", "default", 1).await })
+    });
+    let decisions: Vec<Decision> =
+        futures::future::join_all(calls).await.into_iter().map(Result::unwrap).collect();
+    let allowed = decisions.iter().filter(|d| matches!(d, Decision::Allow { .. })).count();
+    assert_eq!(allowed, 50, "{decisions:?}");
+    assert!(decisions.iter().all(|d| match d {
+        Decision::Allow { .. } => true,
+        Decision::Deny { retry_after, .. } => *retry_after > Duration::ZERO,
+        Decision::Unavailable => false,
+    }));
+    // Remaining counts down over the allowed ones: every value 0..50 once.
+    let mut remaining: Vec<u32> = decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Allow { remaining, .. } => Some(*remaining),
+            _ => None,
+        })
+        .collect();
+    remaining.sort_unstable();
+    assert_eq!(remaining, (0..50).collect::<Vec<u32>>());
+}
