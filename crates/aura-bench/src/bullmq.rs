@@ -1,5 +1,6 @@
 //! The BullMQ peer: runs `node bench.mjs bulk` (benchmarks/peers/bullmq) against the same
-//! redis-server and reads the JSON line it prints into the same [`BulkResult`] shape.
+//! redis-server and reads the JSON line it prints into the same [`BulkResult`] shape; and
+//! `bench.mjs latency` for the mesh's latency figure.
 
 use std::{path::Path, process::Stdio, time::Duration};
 
@@ -104,4 +105,28 @@ pub async fn run(
         host_process: hosts[2].since(&hosts[1]),
         completed,
     })
+}
+
+/// BullMQ's add → completed latency (`bench.mjs latency`: `waitUntilFinished` on a
+/// QueueEvents): `n` sorted samples, ms.
+#[allow(dead_code)] // used by aura-bench-mesh, which shares this module
+pub async fn latency(
+    dir: &Path,
+    node: &str,
+    port: u16,
+    n: usize,
+    queue_name: &str,
+) -> anyhow::Result<Vec<f64>> {
+    let env = [
+        ("REDIS_HOST", "127.0.0.1".to_string()),
+        ("REDIS_PORT", port.to_string()),
+        ("N_LAT", n.to_string()),
+        ("QUEUE_NAME", queue_name.to_string()),
+    ];
+    let v = run_node(dir, node, "latency", &env).await?;
+    let mut samples: Vec<f64> =
+        v["samples_ms"].as_array().into_iter().flatten().filter_map(Value::as_f64).collect();
+    ensure!(samples.len() == n, "bench.mjs latency: {} samples for {n}", samples.len());
+    samples.sort_by(f64::total_cmp);
+    Ok(samples)
 }

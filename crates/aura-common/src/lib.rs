@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`redis`] — one connection type for a single node or a Redis Cluster, reconnecting with
 //!   backoff, and a health probe.
+//! - [`group`] — group commit: concurrent requests for one resource share calls.
 //! - [`grpc`] — listeners with TCP_NODELAY, health + reflection (v1 and v1alpha) wiring.
 //! - [`status`] — building precise `tonic::Status` values (field violations, retry info).
 //! - [`shutdown`] — the SIGTERM/SIGINT contract.
@@ -12,6 +13,7 @@
 //!   to internal services trust.
 #![forbid(unsafe_code)]
 
+pub mod group;
 pub mod grpc;
 pub mod metrics;
 pub mod redis;

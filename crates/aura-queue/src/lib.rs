@@ -78,7 +78,7 @@ impl Queue {
         shutdown: CancellationToken,
     ) -> Result<Self> {
         let waker = Waker::start(redis_url, keys.wake_prefix(), shutdown)?;
-        let start_groups = Arc::new(group::StartGroups::new(keys.partitions()));
+        let start_groups = Arc::default();
         Ok(Queue { conn, keys, waker, key_cap: 0, start_groups })
     }
 
@@ -168,7 +168,7 @@ impl Queue {
             });
         }
         let (reply, started) = tokio::sync::oneshot::channel();
-        if self.start_groups.push(partition, flow, reply) {
+        if self.start_groups.push(&partition, (flow, reply)) {
             let this = self.clone();
             // Spawned, so a caller that gives up cannot strand the others' starts.
             tokio::spawn(async move { this.drain_starts(partition).await });
@@ -180,7 +180,7 @@ impl Queue {
     /// wait.
     async fn drain_starts(&self, partition: usize) {
         loop {
-            let batch = self.start_groups.take(partition);
+            let batch = self.start_groups.take(&partition, START_FLOWS_PER_CALL);
             if batch.is_empty() {
                 return;
             }

@@ -15,6 +15,9 @@ use tokio::sync::oneshot;
 
 use crate::quota::{Limit, Quota, parse_override};
 
+/// Most decisions of one bucket per script call (Lua's unpack limit is far above).
+const MAX_BATCH: usize = 1000;
+
 /// How long a decision may wait for Redis before falling back.
 const REDIS_BUDGET: Duration = Duration::from_millis(250);
 
@@ -111,9 +114,8 @@ pub struct RateLimiter {
     batches: Arc<Batches>,
 }
 
-/// Per bucket and quota: the requests waiting while a decision call is in flight. An
-/// entry exists while a drain task owns the bucket's calls.
-type Batches = Mutex<HashMap<(String, Quota), Vec<(u32, oneshot::Sender<Result<Reply, String>>)>>>;
+/// Per bucket and quota: the requests (cost, answer) waiting for a decision call.
+type Batches = aura_common::group::Pending<(String, Quota), (u32, oneshot::Sender<Result<Reply, String>>)>;
 
 /// One request's decision from the script: allowed (0/1), remaining, retry µs, reset µs.
 type Reply = (i64, i64, i64, i64);
@@ -234,22 +236,10 @@ impl RateLimiter {
     /// round trip per batch instead of one per call, and an idle bucket waits for nothing.
     async fn decide(&self, key: &str, quota: Quota, cost: u32) -> Decision {
         let (tx, rx) = oneshot::channel();
-        let lead = {
-            let mut batches = self.batches.lock().unwrap_or_else(|p| p.into_inner());
-            match batches.get_mut(&(key.to_string(), quota)) {
-                Some(waiting) => {
-                    waiting.push((cost, tx));
-                    false
-                }
-                None => {
-                    batches.insert((key.to_string(), quota), vec![(cost, tx)]);
-                    true
-                }
-            }
-        };
-        if lead {
+        let slot = (key.to_string(), quota);
+        if self.batches.push(&slot, (cost, tx)) {
             // Spawned, so a caller that gives up cannot strand the others' decisions.
-            tokio::spawn(drain(self.conn.clone(), self.batches.clone(), key.to_string(), quota));
+            tokio::spawn(drain(self.conn.clone(), self.batches.clone(), slot));
         }
         // The drain answers within its budget, or with why Redis could not decide.
         let reply = rx.await.unwrap_or_else(|_| Err("the decision call was dropped".to_string()));
@@ -306,19 +296,14 @@ impl RateLimiter {
 }
 
 /// Runs a bucket's waiting requests, a call's worth at a time, until none wait.
-async fn drain(conn: RedisConn, batches: Arc<Batches>, key: String, quota: Quota) {
+async fn drain(conn: RedisConn, batches: Arc<Batches>, slot: (String, Quota)) {
+    let quota = slot.1;
     let interval_us = quota.per.as_secs_f64() * 1e6 / f64::from(quota.requests.max(1));
-    let slot = (key, quota);
     loop {
-        let batch = {
-            let mut all = batches.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(waiting) = all.get_mut(&slot) else { return };
-            if waiting.is_empty() {
-                all.remove(&slot);
-                return;
-            }
-            std::mem::take(waiting)
-        };
+        let batch = batches.take(&slot, MAX_BATCH);
+        if batch.is_empty() {
+            return;
+        }
         let mut invocation = GCRA.key(&slot.0);
         invocation.arg(interval_us).arg(quota.burst);
         for (cost, _) in &batch {

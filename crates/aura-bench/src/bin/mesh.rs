@@ -30,6 +30,9 @@ mod bulk;
 #[allow(dead_code)]
 #[path = "../bullmq.rs"]
 mod bullmq;
+#[allow(dead_code)]
+#[path = "../report.rs"]
+mod report;
 
 use aura_proto::{json, v1 as pb};
 use aura_testkit::{
@@ -114,13 +117,9 @@ async fn main() -> anyhow::Result<()> {
     for pair in 0..pairs {
         let aura_first = pair % 2 == 1;
         if pair > 0 && aura_first {
-            let (_, _, took) = bulk_runs(&mut gw, n, completed, None).await?;
-            completed += n as u64;
-            aura_bulk.push(n as f64 / took.as_secs_f64());
-            aura_conc.push(
-                (per_client * 64) as f64 / concurrent_runs(&mesh, per_client, completed).await?.as_secs_f64(),
-            );
-            completed += (per_client * 64) as u64;
+            let (b, c) = aura_passes(&mesh, &mut gw, n, per_client, &mut completed).await?;
+            aura_bulk.push(b);
+            aura_conc.push(c);
         }
         if let Some((dir, node)) = &peer {
             let params = bulk::BulkParams {
@@ -135,13 +134,9 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("aura-bench-mesh: BullMQ pass {} done", pair + 1);
         }
         if pair > 0 && !aura_first {
-            let (_, _, took) = bulk_runs(&mut gw, n, completed, None).await?;
-            completed += n as u64;
-            aura_bulk.push(n as f64 / took.as_secs_f64());
-            aura_conc.push(
-                (per_client * 64) as f64 / concurrent_runs(&mesh, per_client, completed).await?.as_secs_f64(),
-            );
-            completed += (per_client * 64) as u64;
+            let (b, c) = aura_passes(&mesh, &mut gw, n, per_client, &mut completed).await?;
+            aura_bulk.push(b);
+            aura_conc.push(c);
         }
     }
 
@@ -189,7 +184,9 @@ async fn main() -> anyhow::Result<()> {
     }
     samples.sort_by(f64::total_cmp);
     let bull_latency = match &peer {
-        Some((dir, node)) => Some(bullmq_latency(dir, node, redis.port(), latency_n).await?),
+        Some((dir, node)) => {
+            Some(bullmq::latency(dir, node, redis.port(), latency_n, "mesh-peer-latency").await?)
+        }
         None => None,
     };
 
@@ -201,22 +198,19 @@ async fn main() -> anyhow::Result<()> {
         if bull_bulk.is_empty() {
             ("not run".into(), "".into())
         } else {
-            (
-                cell(&bull_bulk, 0),
-                cell(&ratios(ours), 2).replacen(' ', "× ", 1) + if bull_bulk.len() == 1 { "×" } else { "" },
-            )
+            (report::cell(&bull_bulk, 0), report::ratio_cell(&ratios(ours)))
         }
     };
     let (b, r) = peer_cells(&aura_bulk);
     println!(
-        "| throughput ↑: {n} one-step runs via StartRuns (1,000 per call), submit → all succeeded, runs/s; BullMQ: {n} jobs addBulk → completed, C=50 | **{}** | {b} | {r} |",
-        cell(&aura_bulk, 0)
+        "| throughput ↑: {n} one-step runs via StartRuns (1,000 per call), submit → all succeeded, runs/s; BullMQ: {n} jobs addBulk → completed, C=50 | {} | {b} | {r} |",
+        report::cell(&aura_bulk, 0)
     );
     let (b, r) = peer_cells(&aura_conc);
     println!(
-        "| throughput ↑: {} runs, one StartRun per call from 64 clients → all succeeded, runs/s; BullMQ: as above | **{}** | {b} | {r} |",
+        "| throughput ↑: {} runs, one StartRun per call from 64 clients → all succeeded, runs/s; BullMQ: as above | {} | {b} | {r} |",
         per_client * 64,
-        cell(&aura_conc, 0)
+        report::cell(&aura_conc, 0)
     );
     let lat = |v: &[f64]| {
         format!("{:.2} / {:.2} / {:.2}", percentile(v, 50.0), percentile(v, 90.0), percentile(v, 99.0))
@@ -340,9 +334,9 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "| limiter: concurrent StartRun → succeeded, runs/s with / without the limiter ({} runs, {pairs} pairs, median) | {:.0} / {:.0} (cost {:.1}%) |",
         lim_runs * 64,
-        median(&on),
-        median(&off),
-        (1.0 - median(&ratios)) * 100.0
+        report::summary(&on).0,
+        report::summary(&off).0,
+        (1.0 - report::summary(&ratios).0) * 100.0
     );
     let (ours, peer) = limiter_decisions(&redis).await?;
     println!(
@@ -475,6 +469,22 @@ async fn bulk_runs(
     Ok((submitted, after_submit, start.elapsed()))
 }
 
+/// One AURA bulk pass and one 64-client pass; their runs/s. `completed` counts the
+/// queue's completions so far (both passes wait for theirs).
+async fn aura_passes(
+    mesh: &Mesh,
+    gw: &mut GatewayClient<Channel>,
+    n: usize,
+    per_client: usize,
+    completed: &mut u64,
+) -> anyhow::Result<(f64, f64)> {
+    let (_, _, bulk) = bulk_runs(gw, n, *completed, None).await?;
+    *completed += n as u64;
+    let concurrent = concurrent_runs(mesh, per_client, *completed).await?;
+    *completed += (per_client * 64) as u64;
+    Ok((n as f64 / bulk.as_secs_f64(), (per_client * 64) as f64 / concurrent.as_secs_f64()))
+}
+
 /// The BullMQ peer's directory and Node, unless `BENCH_NO_PEER` is set (the same knobs
 /// as `aura-bench`; `benchmarks/run.sh` installs the peer).
 async fn peer_from_env() -> Option<(std::path::PathBuf, String)> {
@@ -492,46 +502,6 @@ async fn peer_from_env() -> Option<(std::path::PathBuf, String)> {
             None
         }
     }
-}
-
-/// BullMQ's add → completed latency (bench.mjs `latency`): sorted samples, ms.
-async fn bullmq_latency(dir: &std::path::Path, node: &str, port: u16, n: usize) -> anyhow::Result<Vec<f64>> {
-    let out = tokio::process::Command::new(node)
-        .arg("bench.mjs")
-        .arg("latency")
-        .current_dir(dir)
-        .env("REDIS_HOST", "127.0.0.1")
-        .env("REDIS_PORT", port.to_string())
-        .env("N_LAT", n.to_string())
-        .env("QUEUE_NAME", "mesh-peer-latency")
-        .output()
-        .await?;
-    anyhow::ensure!(out.status.success(), "bench.mjs latency: {}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().rev().find(|l| l.starts_with('{')).ok_or_else(|| anyhow::anyhow!("no JSON"))?;
-    let v: serde_json::Value = serde_json::from_str(line)?;
-    let mut samples: Vec<f64> =
-        v["samples_ms"].as_array().into_iter().flatten().filter_map(serde_json::Value::as_f64).collect();
-    anyhow::ensure!(samples.len() == n, "bench.mjs latency: {} samples", samples.len());
-    samples.sort_by(f64::total_cmp);
-    Ok(samples)
-}
-
-/// Median (min–max) of `values`, with `decimals`.
-fn cell(values: &[f64], decimals: usize) -> String {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let f = |x: f64| format!("{x:.decimals$}");
-    if v.len() == 1 {
-        return f(v[0]);
-    }
-    format!("{} ({}–{})", f(v[v.len() / 2]), f(v[0]), f(v[v.len() - 1]))
-}
-
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
 async fn register_bench(gw: &mut GatewayClient<Channel>) -> anyhow::Result<()> {
@@ -786,7 +756,8 @@ async fn aura_event_latency(
         });
     }
     let mut publisher = mesh.events().await;
-    // Subscriptions are established asynchronously: probe until one arrives everywhere.
+    // Subscribe answers once Redis confirmed the pattern; a probe checks that every
+    // subscriber's stream is through to this process before anything is timed.
     loop {
         let payload = json::json_to_struct(&serde_json::json!({"t": base.elapsed().as_nanos() as f64}));
         publisher
