@@ -426,22 +426,10 @@ fn dispatch(inner: &Inner, msg: redis::Msg) {
     }
 }
 
-/// One record: `epoch|n|time_ms|type|payload`.
+/// One record (see [`crate::parse_record`]).
 fn dispatch_record(inner: &Inner, topic: &str, body: &str) {
-    let mut parts = body.splitn(5, '|');
-    let (Some(epoch), Some(n), Some(time), Some(event_type), Some(payload)) =
-        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return;
-    };
-    let (Ok(n), Ok(time_ms)) = (n.parse(), time.parse()) else { return };
-    let event = EventRecord {
-        topic: topic.to_string(),
-        event_type: event_type.to_string(),
-        payload: serde_json::from_str(payload).unwrap_or(serde_json::Value::Null),
-        time_ms,
-        offset: Offset { epoch: epoch.to_string(), n },
-    };
+    let Some(event) = crate::parse_record(topic, body) else { return };
+    let time_ms = event.time_ms;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);

@@ -223,7 +223,10 @@ impl Bus {
         let mut pipe = redis::pipe();
         pipe.get(format!("{key}:epoch"));
         pipe.cmd("XRANGE").arg(&key).arg("-").arg("+").arg("COUNT").arg(1);
+        // An entry holds a batch of events and is keyed by its last number (publish.lua):
+        // the entries after "<n>-0" are those holding events after n.
         let start = after.map_or_else(|| "-".to_string(), |o| format!("({}", o.stream_id()));
+        // Each entry holds at least one wanted event, so limit + 1 entries answer `more`.
         pipe.cmd("XRANGE").arg(&key).arg(start).arg("+").arg("COUNT").arg(limit + 1);
         let (epoch, oldest, range): (Option<String>, StreamRangeReply, StreamRangeReply) =
             pipe.query_async(&mut conn).await?;
@@ -238,8 +241,11 @@ impl Bus {
             }
             // Numbers are contiguous: a gap between the offset and the oldest retained
             // event means events the client never saw were trimmed.
-            if let Some(first) = oldest.ids.first() {
-                let first = parse_n(&first.id)?;
+            if let Some(entry) = oldest.ids.first() {
+                let first = entry_records(topic, entry)?
+                    .first()
+                    .map(|e| e.offset.n)
+                    .ok_or_else(|| BusError::Protocol(format!("empty stream entry {}", entry.id)))?;
                 if first > after.n + 1 {
                     return Err(BusError::OutOfRange {
                         requested: after.to_string(),
@@ -248,35 +254,41 @@ impl Bus {
                 }
             }
         }
-        let more = range.ids.len() > limit;
-        let events = range
-            .ids
-            .into_iter()
-            .take(limit)
-            .map(|entry| {
-                let n = parse_n(&entry.id)?;
-                let event_type: String = entry.get("t").unwrap_or_default();
-                let payload: String = entry.get("p").unwrap_or_default();
-                let time_ms: u64 = entry.get("ts").unwrap_or_default();
-                Ok(EventRecord {
-                    topic: topic.to_string(),
-                    event_type,
-                    payload: serde_json::from_str(&payload).unwrap_or(Json::Null),
-                    time_ms,
-                    offset: Offset { epoch: epoch.clone(), n },
-                })
-            })
-            .collect::<Result<Vec<_>, BusError>>()?;
+        let after_n = after.map_or(0, |o| o.n);
+        let mut events = Vec::new();
+        for entry in &range.ids {
+            events.extend(entry_records(topic, entry)?.into_iter().filter(|e| e.offset.n > after_n));
+        }
+        let more = events.len() > limit;
+        events.truncate(limit);
         Ok((events, more))
     }
 }
 
-fn parse_n(stream_id: &str) -> Result<u64, BusError> {
-    stream_id
-        .split('-')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| BusError::Protocol(format!("stream id {stream_id:?}")))
+/// The events of one stream entry: its field `r`, records as in a live message.
+fn entry_records(topic: &str, entry: &redis::streams::StreamId) -> Result<Vec<EventRecord>, BusError> {
+    let body: String = entry.get("r").unwrap_or_default();
+    body.split('\n')
+        .map(|record| {
+            parse_record(topic, record)
+                .ok_or_else(|| BusError::Protocol(format!("stream entry {}: record {record:?}", entry.id)))
+        })
+        .collect()
+}
+
+/// Parses one record, `epoch|n|time_ms|type|payload`: the form of events in live messages
+/// and in stored stream entries alike (publish.lua).
+pub(crate) fn parse_record(topic: &str, record: &str) -> Option<EventRecord> {
+    let mut parts = record.splitn(5, '|');
+    let (epoch, n, time, event_type, payload) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    Some(EventRecord {
+        topic: topic.to_string(),
+        event_type: event_type.to_string(),
+        payload: serde_json::from_str(payload).unwrap_or(Json::Null),
+        time_ms: time.parse().ok()?,
+        offset: Offset { epoch: epoch.to_string(), n: n.parse().ok()? },
+    })
 }
 
 fn fresh_epoch() -> String {

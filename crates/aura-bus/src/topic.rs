@@ -108,7 +108,8 @@ pub struct Offset {
 }
 
 impl Offset {
-    /// The Redis stream id of the event.
+    /// The Redis stream id an entry ending with this event would have (an entry holds a
+    /// batch of events and is keyed by its last one: see publish.lua).
     pub fn stream_id(&self) -> String {
         format!("{}-0", self.n)
     }

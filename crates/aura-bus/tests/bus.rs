@@ -257,6 +257,18 @@ async fn a_batch_over_two_topics_arrives_live_and_in_history_with_contiguous_off
     let (history, _) = bus.history("batch.a", None, 100).await.unwrap();
     let history: Vec<u64> = history.iter().map(|e| e.offset.n).collect();
     assert_eq!(history, (1..=7).collect::<Vec<_>>());
+    // History pages from any offset, also one inside a stored batch (2..=7 are one entry).
+    let epoch = offsets[0].epoch.clone();
+    for after in 0..=7u64 {
+        for limit in 1..=3usize {
+            let from = (after > 0).then(|| Offset { epoch: epoch.clone(), n: after });
+            let (page, more) = bus.history("batch.a", from.as_ref(), limit).await.unwrap();
+            let numbers: Vec<u64> = page.iter().map(|e| e.offset.n).collect();
+            let want: Vec<u64> = (after + 1..=7).take(limit).collect();
+            assert_eq!((numbers, more), (want, after + (limit as u64) < 7), "after {after}, limit {limit}");
+            assert!(page.iter().filter(|e| e.payload["i"] != 0).all(|e| e.payload["text"] == "a|b\nc"));
+        }
+    }
     // Types may not hold the record delimiters.
     assert!(matches!(bus.publish("batch.a", "bad|type", &json!({})).await, Err(BusError::Invalid(_))));
     assert!(matches!(bus.publish("batch.a", "bad\ntype", &json!({})).await, Err(BusError::Invalid(_))));

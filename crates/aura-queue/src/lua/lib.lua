@@ -177,7 +177,7 @@ local function expire_events(P, flow)
   flow_info(P, flow).expire = true
 end
 
--- Writes the buffered events: per flow, its numbers, one XADD per event, one PUBLISH.
+-- Writes the buffered events: per flow, its numbers, one XADD and one PUBLISH.
 -- The epoch is the flow hash's `ev` field (written with the flow), else the topic's epoch
 -- key; a topic with neither starts a new history.
 local function flush_events()
@@ -201,18 +201,19 @@ local function flush_events()
       end
       last = redis.call('INCRBY', key .. ':n', int(count))
     end
+    -- One entry (id: its last number) and one PUBLISH of the same text, as aura-bus writes.
     local records = {}
     for i, e in ipairs(events) do
-      local n = int(last - count + i)
-      -- A topic that never had EV_MAXLEN events cannot need trimming.
-      if last <= EV_MAXLEN then
-        redis.call('XADD', key, n .. '-0', 't', e[1], 'p', e[2], 'ts', e[3])
-      else
-        redis.call('XADD', key, 'MAXLEN', '~', int(EV_MAXLEN), n .. '-0', 't', e[1], 'p', e[2], 'ts', e[3])
-      end
-      records[i] = c.epoch .. '|' .. n .. '|' .. e[3] .. '|' .. e[1] .. '|' .. e[2]
+      records[i] = c.epoch .. '|' .. int(last - count + i) .. '|' .. e[3] .. '|' .. e[1] .. '|' .. e[2]
     end
-    redis.call('PUBLISH', event_channel_prefix(WAKE) .. 'runs.' .. flow, table.concat(records, '\n'))
+    local body = table.concat(records, '\n')
+    -- A topic that never had EV_MAXLEN events cannot need trimming.
+    if last <= EV_MAXLEN then
+      redis.call('XADD', key, int(last) .. '-0', 'r', body)
+    else
+      redis.call('XADD', key, 'MINID', '~', int(last - EV_MAXLEN + 1), int(last) .. '-0', 'r', body)
+    end
+    redis.call('PUBLISH', event_channel_prefix(WAKE) .. 'runs.' .. flow, body)
     if c.expire then
       redis.call('PEXPIRE', key, EV_RETENTION_MS)
       redis.call('PEXPIRE', key .. ':epoch', EV_RETENTION_MS)
