@@ -242,7 +242,7 @@ impl Bus {
             // Numbers are contiguous: a gap between the offset and the oldest retained
             // event means events the client never saw were trimmed.
             if let Some(entry) = oldest.ids.first() {
-                let first = entry_records(topic, entry)?
+                let first = entry_records(topic, &epoch, entry)?
                     .first()
                     .map(|e| e.offset.n)
                     .ok_or_else(|| BusError::Protocol(format!("empty stream entry {}", entry.id)))?;
@@ -257,7 +257,7 @@ impl Bus {
         let after_n = after.map_or(0, |o| o.n);
         let mut events = Vec::new();
         for entry in &range.ids {
-            events.extend(entry_records(topic, entry)?.into_iter().filter(|e| e.offset.n > after_n));
+            events.extend(entry_records(topic, &epoch, entry)?.into_iter().filter(|e| e.offset.n > after_n));
         }
         let more = events.len() > limit;
         events.truncate(limit);
@@ -265,15 +265,27 @@ impl Bus {
     }
 }
 
-/// The events of one stream entry: its field `r`, records as in a live message.
-fn entry_records(topic: &str, entry: &redis::streams::StreamId) -> Result<Vec<EventRecord>, BusError> {
-    let body: String = entry.get("r").unwrap_or_default();
-    body.split('\n')
-        .map(|record| {
-            parse_record(topic, record)
-                .ok_or_else(|| BusError::Protocol(format!("stream entry {}: record {record:?}", entry.id)))
-        })
-        .collect()
+/// The events of one stream entry: its field `r`, records as in a live message. (Entries
+/// written before events were batched hold one event as fields t, p, ts, numbered by the
+/// id; they are read too, so history written by an older version stays readable.)
+fn entry_records(
+    topic: &str,
+    epoch: &str,
+    entry: &redis::streams::StreamId,
+) -> Result<Vec<EventRecord>, BusError> {
+    let bad = |what: &str| BusError::Protocol(format!("stream entry {}: {what}", entry.id));
+    let Some(body) = entry.get::<String>("r") else {
+        let n = entry.id.split('-').next().and_then(|n| n.parse().ok()).ok_or_else(|| bad("id"))?;
+        let payload: String = entry.get("p").ok_or_else(|| bad("no field r or p"))?;
+        return Ok(vec![EventRecord {
+            topic: topic.to_string(),
+            event_type: entry.get("t").unwrap_or_default(),
+            payload: serde_json::from_str(&payload).unwrap_or(Json::Null),
+            time_ms: entry.get("ts").unwrap_or_default(),
+            offset: Offset { epoch: epoch.to_string(), n },
+        }]);
+    };
+    body.split('\n').map(|record| parse_record(topic, record).ok_or_else(|| bad(record))).collect()
 }
 
 /// Parses one record, `epoch|n|time_ms|type|payload`: the form of events in live messages

@@ -293,3 +293,46 @@ async fn a_confirmed_subscription_gets_the_very_next_event() {
         assert_eq!((event.event_type.as_str(), event.payload["round"].as_i64()), ("first", Some(round)));
     }
 }
+
+/// History written one event per entry (fields t, p, ts), as versions before batched
+/// entries did, is still read after an upgrade, and new events continue its numbers.
+#[tokio::test]
+async fn history_written_by_an_older_version_stays_readable() {
+    let redis = RedisServer::start();
+    let (bus, _hub) = setup(&redis, Retention::default()).await;
+    let mut conn = redis.client();
+    let key = "aura:ev:{old.t}";
+    for n in 1..=3 {
+        let () = redis::cmd("XADD")
+            .arg(key)
+            .arg(format!("{n}-0"))
+            .arg("t")
+            .arg("old")
+            .arg("p")
+            .arg(format!("{{\"i\":{n}}}"))
+            .arg("ts")
+            .arg("1700000000000")
+            .query(&mut conn)
+            .map(|_: String| ())
+            .unwrap();
+    }
+    let () = redis::cmd("MSET")
+        .arg(format!("{key}:epoch"))
+        .arg("e0")
+        .arg(format!("{key}:n"))
+        .arg(3)
+        .query(&mut conn)
+        .unwrap();
+    let next = bus.publish("old.t", "new", &json!({"i": 4})).await.unwrap();
+    assert_eq!((next.epoch.as_str(), next.n), ("e0", 4));
+    let after = Offset { epoch: "e0".into(), n: 1 };
+    let (events, more) = bus.history("old.t", Some(&after), 10).await.unwrap();
+    let got: Vec<(String, u64, i64, String)> = events
+        .iter()
+        .map(|e| (e.event_type.clone(), e.offset.n, e.payload["i"].as_i64().unwrap(), e.offset.epoch.clone()))
+        .collect();
+    let want = [("old", 2, 2), ("old", 3, 3), ("new", 4, 4)]
+        .map(|(t, n, i)| (t.to_string(), n, i, "e0".to_string()));
+    assert_eq!((got, more), (want.to_vec(), false));
+    assert_eq!(events[0].time_ms, 1_700_000_000_000);
+}
