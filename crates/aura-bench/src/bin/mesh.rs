@@ -6,9 +6,10 @@
 //! 3. latency: sequential single runs, `StartRun` → the run's `run.succeeded` event, seen on
 //!    a `Subscribe(runs.*)` stream open throughout (BullMQ's QueueEvents way) and on a
 //!    `WatchRun` opened after the start, p50/p90/p99;
-//! 5. event delivery: `Events.Publish` → each of 1 and 1,000 `Events.Subscribe` streams,
-//!    next to raw Redis PUBLISH → SUBSCRIBE on the same redis-server, one message at a time
-//!    (the next is published once every subscriber has the previous: unloaded latency).
+//! 5. event delivery to each of 1 and 1,000 `Events.Subscribe` streams, published in Redis
+//!    by the bus script (as every run event is) and by an `Events.Publish` RPC, next to raw
+//!    Redis PUBLISH → SUBSCRIBE on the same redis-server, one message at a time (the next is
+//!    published once every subscriber has the previous: unloaded latency).
 //!
 //! 1–3 run against BullMQ on the same redis-server (`benchmarks/peers/bullmq/bench.mjs`
 //! `bulk` at C=50 and `latency`), in alternating pairs; `BENCH_NO_PEER=1` skips it.
@@ -293,16 +294,29 @@ async fn main() -> anyhow::Result<()> {
         by_time.join(", ")
     );
 
+    // Two publishers: the bus script in Redis (the path of every run event, which the
+    // transition scripts publish), and the Events.Publish RPC (an event from a client).
+    let bus = aura_bus::Bus::new(
+        aura_common::redis::connect(&redis.url()).await?,
+        "aura",
+        aura_bus::Retention::default(),
+    );
     for subscribers in [1, 1000] {
-        let aura = aura_event_latency(&mesh, subscribers, 50, 500).await?;
         let raw = raw_latency(&redis.url(), subscribers, 50, 500).await?;
+        let in_redis = aura_event_latency(&mesh, Publisher::Bus(&bus), subscribers, 50, 500).await?;
+        let rpc = aura_event_latency(&mesh, Publisher::Rpc, subscribers, 50, 500).await?;
+        let cell = |v: &[f64]| format!("{:.2} / {:.2}", percentile(v, 50.0), percentile(v, 99.0));
+        let ratio = |v: &[f64]| percentile(v, 99.0) / percentile(&raw, 99.0);
         println!(
-            "| events, {subscribers} subscriber(s): publish → delivery p50 / p99 ms, AURA Events (gRPC) vs raw Redis pub/sub | {:.2} / {:.2} vs {:.2} / {:.2} (p99 ratio {:.1}×) |",
-            percentile(&aura, 50.0),
-            percentile(&aura, 99.0),
-            percentile(&raw, 50.0),
-            percentile(&raw, 99.0),
-            percentile(&aura, 99.0) / percentile(&raw, 99.0)
+            "| events, {subscribers} subscriber(s): publish → delivery p50 / p99 ms on Events.Subscribe streams (gRPC), published in Redis as run events are vs raw Redis PUBLISH → SUBSCRIBE | {} vs {} (p99 ratio {:.1}×) |",
+            cell(&in_redis),
+            cell(&raw),
+            ratio(&in_redis)
+        );
+        println!(
+            "| events, {subscribers} subscriber(s): the same, published by an Events.Publish RPC (one more gRPC round trip) | {} (p99 ratio {:.1}×) |",
+            cell(&rpc),
+            ratio(&rpc)
         );
     }
     mesh.stop().await;
@@ -723,14 +737,24 @@ async fn memory(n: usize) -> anyhow::Result<Vec<String>> {
     ])
 }
 
-/// Publish → delivery latencies (ms) through AURA's Events service.
+/// Who publishes in [`aura_event_latency`].
+#[derive(Clone, Copy)]
+enum Publisher<'a> {
+    /// The bus's publish script, straight on Redis: how run events are published.
+    Bus(&'a aura_bus::Bus),
+    /// `Events.Publish`.
+    Rpc,
+}
+
+/// Publish → delivery latencies (ms) to subscribers of AURA's Events service.
 async fn aura_event_latency(
     mesh: &Mesh,
+    publisher: Publisher<'_>,
     subscribers: usize,
     warmup: usize,
     messages: usize,
 ) -> anyhow::Result<Vec<f64>> {
-    let topic = format!("bench.lat{subscribers}");
+    let topic = format!("bench.lat{subscribers}.{}", matches!(publisher, Publisher::Rpc) as u8);
     let base = Instant::now();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<f64>();
     let mut streams = Vec::with_capacity(subscribers);
@@ -755,14 +779,24 @@ async fn aura_event_latency(
             }
         });
     }
-    let mut publisher = mesh.events().await;
+    let mut rpc = mesh.events().await;
+    let mut publish = async |payload: serde_json::Value, event_type: &str| -> anyhow::Result<()> {
+        match publisher {
+            Publisher::Bus(bus) => {
+                bus.publish(&topic, event_type, &payload).await?;
+            }
+            Publisher::Rpc => {
+                let payload = json::json_to_struct(&payload);
+                rpc.publish(pb::PublishRequest { topic: topic.clone(), r#type: event_type.into(), payload })
+                    .await?;
+            }
+        }
+        Ok(())
+    };
     // Subscribe answers once Redis confirmed the pattern; a probe checks that every
     // subscriber's stream is through to this process before anything is timed.
     loop {
-        let payload = json::json_to_struct(&serde_json::json!({"t": base.elapsed().as_nanos() as f64}));
-        publisher
-            .publish(pb::PublishRequest { topic: topic.clone(), r#type: "probe".into(), payload })
-            .await?;
+        publish(serde_json::json!({"t": base.elapsed().as_nanos() as f64}), "probe").await?;
         let mut got = 0;
         while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
             got += 1;
@@ -776,8 +810,7 @@ async fn aura_event_latency(
     }
     let mut samples = Vec::with_capacity(messages * subscribers);
     for i in 0..warmup + messages {
-        let payload = json::json_to_struct(&serde_json::json!({"t": base.elapsed().as_nanos() as f64}));
-        publisher.publish(pb::PublishRequest { topic: topic.clone(), r#type: "m".into(), payload }).await?;
+        publish(serde_json::json!({"t": base.elapsed().as_nanos() as f64}), "m").await?;
         for _ in 0..subscribers {
             let ms = rx.recv().await.ok_or_else(|| anyhow::anyhow!("subscriber ended"))?;
             if i >= warmup {
