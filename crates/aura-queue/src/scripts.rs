@@ -1,7 +1,8 @@
 //! The queue's Lua scripts, each `lib.lua` + its own file, called by SHA (redis-rs falls back
 //! to SCRIPT LOAD on NOSCRIPT, so a restarted Redis is handled transparently). Each script's
-//! own body runs as a function followed by `flush_events()`, so the run events it buffered
-//! (see lib.lua) are written whichever way the body returns.
+//! own body runs as a function followed by `flush()`, so what it buffered (run events,
+//! ready jobs of a batch, finished flows: see lib.lua) is written whichever way the body
+//! returns.
 
 use std::sync::LazyLock;
 
@@ -14,7 +15,7 @@ macro_rules! script {
                 include_str!("lua/lib.lua"),
                 "\nlocal result = (function()\n",
                 include_str!($file),
-                "\nend)()\nflush_events()\nreturn result\n"
+                "\nend)()\nflush()\nreturn result\n"
             ))
         });
     };

@@ -177,6 +177,15 @@ local function expire_events(P, flow)
   flow_info(P, flow).expire = true
 end
 
+-- Flows that ended in this call, added to P.."fdone" (read only by retention: trim.lua)
+-- with one ZADD when the call ends, not one per flow.
+local fdone_P, fdone_pending = nil, {}
+local function flow_finished(P, flow, now)
+  fdone_P = P
+  fdone_pending[#fdone_pending + 1] = int(now)
+  fdone_pending[#fdone_pending + 1] = flow
+end
+
 -- Writes the buffered events: per flow, its numbers, one XADD and one PUBLISH.
 -- The epoch is the flow hash's `ev` field (written with the flow), else the topic's epoch
 -- key; a topic with neither starts a new history.
@@ -248,11 +257,29 @@ end
 -- Ready jobs wait in the lane's `wait` set, or, when they carry a concurrency key, in the
 -- key's own set `k:<key>`; keys with ready jobs sit in the lane's `ring`, which claims
 -- rotate through, so one key's backlog cannot starve another key's jobs.
+--
+-- A script that only adds ready jobs (start_flows: no claim or retire follows in the call)
+-- sets `ready_buffered`: its unkeyed jobs then go into each lane's wait set with one ZADD
+-- when the call ends (see `flush`), not one per job.
+local ready_buffered, ready_P = false, nil
+local ready_pending, ready_lanes = {}, {}
 local function push_ready(P, WAKE, id, lane, prio, key)
   local score = wait_score(prio, next_seq(P))
   if key == nil or key == false or key == '' then
     if lane_is_empty(P, lane) then redis.call('PUBLISH', WAKE .. lane, '1') end
-    redis.call('ZADD', lane_key(P, lane, 'wait'), score, id)
+    if ready_buffered then
+      ready_P = P
+      local list = ready_pending[lane]
+      if list == nil then
+        list = {}
+        ready_pending[lane] = list
+        ready_lanes[#ready_lanes + 1] = lane
+      end
+      list[#list + 1] = score
+      list[#list + 1] = id
+    else
+      redis.call('ZADD', lane_key(P, lane, 'wait'), score, id)
+    end
     return
   end
   local kset = lane_key(P, lane, 'k:' .. key)
@@ -378,7 +405,7 @@ local function end_flow(P, WAKE, flow, state, err, now)
     if retire(P, id, 'x', now) then cancelled[#cancelled + 1] = id end
   end
   redis.call('HSET', fk, 'state', state, 'err', err, 'ft', int(now))
-  redis.call('ZADD', P .. 'fdone', int(now), flow)
+  flow_finished(P, flow, now)
   if flow_info(P, flow).to == '1' then redis.call('ZREM', P .. 'deadlines', flow) end
   release_gate(P, WAKE, flow, now)
   local fields = {error = err}
@@ -426,7 +453,7 @@ local function settle_flow(P, WAKE, flow, now, finished)
     redis.call('HSET', fk, 'pending', int(info.pending))
   else
     redis.call('HSET', fk, 'pending', int(info.pending), 'state', 'succeeded', 'ft', int(now))
-    redis.call('ZADD', P .. 'fdone', int(now), flow)
+    flow_finished(P, flow, now)
     if info.to == '1' then redis.call('ZREM', P .. 'deadlines', flow) end
     release_gate(P, WAKE, flow, now)
     emit(P, WAKE, flow, 'run.succeeded', nil, now)
@@ -477,4 +504,18 @@ local function fail_job(P, WAKE, id, err, retryable, retry_after, rand, now)
   end
   local cancelled = end_flow(P, WAKE, flow, 'failed', 'step ' .. step_of(id) .. ' failed: ' .. err, now)
   return {'dead', 'failed', cancelled}
+end
+
+-- Writes what the call buffered, once its body has ended (the wrapper in scripts.rs calls
+-- it after every script body): ready jobs, finished flows, then the run events.
+local function flush()
+  for _, lane in ipairs(ready_lanes) do
+    zadd_many(lane_key(ready_P, lane, 'wait'), ready_pending[lane])
+  end
+  ready_pending, ready_lanes = {}, {}
+  if #fdone_pending > 0 then
+    zadd_many(fdone_P .. 'fdone', fdone_pending)
+    fdone_pending = {}
+  end
+  flush_events()
 end

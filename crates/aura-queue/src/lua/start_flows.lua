@@ -22,6 +22,9 @@
 -- in P.."deadlines"); later st started, ft finished, err. p, idem, gated, delay and to are
 -- left out when all are at their defaults (0, '', 0, 0, 0).
 local P, WAKE, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
+-- Nothing in this call claims or retires a job, so the batch's ready jobs can go into
+-- their wait sets together at the end (see push_ready).
+ready_buffered = true
 local now = now_ms()
 local now_s = int(now)
 local epoch = string.format('%x', now)
