@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Instructions redis-server executes per one-step run, by transition (start, claim,
-# complete), counted by callgrind: repeatable whatever else the machine is doing, so a
-# change to the queue's Lua scripts can be compared before/after on a noisy machine.
-# 2,000 runs (BENCH_TRANSITION_RUNS) through the queue crate, 100 per script call.
+# complete) and for the copy of its five lifecycle events on `workflows.<name>`, counted by
+# callgrind: repeatable whatever else the machine is doing, so a change to the queue's or
+# the bus's Lua scripts can be compared before/after on a noisy machine. 2,000 runs
+# (BENCH_TRANSITION_RUNS) through the queue crate, 100 per script call; the copies 500
+# events per publish call.
 #
 #   bash benchmarks/callgrind.sh
 #   BENCH_CALLGRIND_OUT=/tmp/cg bash benchmarks/callgrind.sh   # also keep the dumps
@@ -31,11 +33,12 @@ fi
 echo "| transition | redis-server instructions per run | script µs per run (under valgrind) | Redis commands per run |"
 echo "|---|---:|---:|---:|"
 total=0
-for phase in start claim complete; do
+for phase in start claim complete copy; do
   file="$(grep -l "^desc: Trigger: dump $phase\$" "$dir"/cg.out.* | head -1)"
   ir="$(sed -n 's/^summary: //p' "$file")"
   total=$((total + ir))
   read -r _ us calls < <(grep "^$phase" "$dir/stats.tsv")
   printf '| %s | %s | %s | %s |\n' "$phase" "$((ir / runs))" "$us" "$calls"
+  if [[ $phase == complete ]]; then printf '| *the three transitions* | *%s* | | |\n' "$((total / runs))"; fi
 done
 printf '| **one run** | **%s** | | |\n' "$((total / runs))"

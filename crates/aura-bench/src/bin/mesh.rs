@@ -69,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
     // under callgrind (instruction counts: repeatable on a noisy machine).
     if let Ok(url) = std::env::var("BENCH_TRANSITIONS_ONLY") {
         let n = env_usize("BENCH_TRANSITION_RUNS", 2_000);
-        for (name, (us, calls)) in ["start", "claim", "complete"].iter().zip(transitions(&url, n).await?) {
+        for (name, (us, calls)) in PHASES.iter().zip(transitions(&url, n).await?) {
             println!("{name}\t{us:.1}\t{calls:.1}");
         }
         return Ok(());
@@ -324,12 +324,12 @@ async fn main() -> anyhow::Result<()> {
     // Where a run's Redis time goes: each transition script on its own.
     let per_transition = transitions(&redis.url(), env_usize("BENCH_TRANSITION_RUNS", 10_000)).await?;
     println!(
-        "| run transitions, queue crate straight on Redis ({} one-step runs, 100 per call): script µs per run, start / claim / complete | {} |",
+        "| run transitions, queue crate straight on Redis ({} one-step runs, 100 per call; then their 5 lifecycle events each copied to `workflows.<name>` in calls of 500, as the Scheduler's emitter does under load): script µs per run, start / claim / complete / copy | {} |",
         env_usize("BENCH_TRANSITION_RUNS", 10_000),
         per_transition.iter().map(|(us, _)| format!("{us:.1}")).collect::<Vec<_>>().join(" / ")
     );
     println!(
-        "| run transitions: Redis commands per run (incl. inside scripts), start / claim / complete | {} |",
+        "| run transitions: Redis commands per run (incl. inside scripts), start / claim / complete / copy | {} |",
         per_transition.iter().map(|(_, calls)| format!("{calls:.1}")).collect::<Vec<_>>().join(" / ")
     );
 
@@ -366,9 +366,14 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The phases of [`transitions`].
+const PHASES: [&str; 4] = ["start", "claim", "complete", "copy"];
+
 /// The Redis cost of each transition of a one-step run, without the services around it:
 /// `n` runs created with `start_flows`, claimed and completed 100 at a time through the
-/// queue crate, on a key prefix of their own. Per transition: (script µs, commands) per run,
+/// queue crate, on a key prefix of their own; then the copy of their lifecycle events on
+/// `workflows.<name>` (the Scheduler's emitter: five events per run, payloads as it builds
+/// them, 500 per publish call as under load). Per phase: (script µs, commands) per run,
 /// from commandstats (a script's µs include its nested commands).
 async fn transitions(url: &str, n: usize) -> anyhow::Result<Vec<(f64, f64)>> {
     use aura_queue::{Completion, FlowJob, Keyspace, NewFlow, Queue, RetryPolicy};
@@ -429,6 +434,37 @@ async fn transitions(url: &str, n: usize) -> anyhow::Result<Vec<(f64, f64)>> {
         q.complete(items).await?;
     }
     callgrind_dump("complete");
+    out.push(measure(&mut admin).await?);
+    let bus = aura_bus::Bus::new(q.conn(), "bench-transitions", aura_bus::Retention::default());
+    let copies: Vec<(String, String, serde_json::Value)> = claimed
+        .iter()
+        .flat_map(|job| {
+            let (run, step) = (job.flow.as_str(), "a");
+            let base = serde_json::json!({"run_id": run, "workflow": "bench"});
+            let with = |extra: serde_json::Value| {
+                let mut p = base.clone();
+                p.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+                p
+            };
+            [
+                ("run.queued", with(serde_json::json!({"workflow_version": 1}))),
+                ("run.started", base.clone()),
+                (
+                    "step.started",
+                    with(serde_json::json!({"step_id": step, "attempt": 1, "worker_id": "builtin-1", "kind": "noop", "queue_wait_ms": 3})),
+                ),
+                ("step.succeeded", with(serde_json::json!({"step_id": step}))),
+                ("run.succeeded", base.clone()),
+            ]
+            .map(|(t, p)| ("workflows.bench".to_string(), t.to_string(), p))
+        })
+        .collect();
+    let () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut admin).await?;
+    callgrind_dump("copy-setup");
+    for chunk in copies.chunks(500) {
+        bus.publish_batch(chunk).await?;
+    }
+    callgrind_dump("copy");
     out.push(measure(&mut admin).await?);
     shutdown.cancel();
     Ok(out)
