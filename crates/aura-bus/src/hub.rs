@@ -414,21 +414,23 @@ async fn run_connection(
     }
 }
 
-/// One live message holds one or more records of its topic, newline-separated (a batch
-/// publish sends each topic's events in one PUBLISH), in offset order.
+/// One live message holds one or more events of its topic, in offset order (a body: see
+/// [`crate::parse_body`]).
 fn dispatch(inner: &Inner, msg: redis::Msg) {
     let prefix = inner.bus.channel_prefix();
     let channel = msg.get_channel_name();
     let Some(topic) = channel.strip_prefix(prefix.as_str()) else { return };
     let Ok(body) = msg.get_payload::<String>() else { return };
-    for record in body.split('\n') {
-        dispatch_record(inner, topic, record);
+    let Some(events) = crate::parse_body(topic, &body) else {
+        tracing::warn!(topic, "an unreadable event message was skipped");
+        return;
+    };
+    for event in events {
+        dispatch_event(inner, topic, event);
     }
 }
 
-/// One record (see [`crate::parse_record`]).
-fn dispatch_record(inner: &Inner, topic: &str, body: &str) {
-    let Some(event) = crate::parse_record(topic, body) else { return };
+fn dispatch_event(inner: &Inner, topic: &str, event: EventRecord) {
     let time_ms = event.time_ms;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -142,16 +142,16 @@ impl Bus {
             .remove(0))
     }
 
-    /// Publishes many events. On one Redis node this is one script call; on a cluster,
-    /// one call per event (each topic is its own slot), sent concurrently so the
-    /// multiplexed connection pipelines them.
+    /// Publishes many events. On one Redis node this is one script call per 500 events;
+    /// on a cluster, one call per topic (each topic is its own slot), sent concurrently so
+    /// the multiplexed connection pipelines them. Offsets come back in the order given.
     pub async fn publish_batch(&self, events: &[(String, String, Json)]) -> Result<Vec<Offset>, BusError> {
         for (topic, event_type, payload) in events {
             validate_topic(topic)?;
             if event_type.is_empty() || event_type.len() > 128 {
                 return Err(BusError::Invalid("event type must be 1-128 characters".into()));
             }
-            // They delimit records of the live messages.
+            // They delimit the lines of a stored or live body.
             if event_type.chars().any(|c| c == '|' || c.is_control()) {
                 return Err(BusError::Invalid(
                     "event type must not contain '|' or control characters".into(),
@@ -164,41 +164,73 @@ impl Bus {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let chunks: Vec<&[(String, String, Json)]> = match &self.conn {
-            RedisConn::Single(_) => events.chunks(500).collect(),
-            RedisConn::Cluster(_) => events.chunks(1).collect(),
+        let chunks: Vec<Vec<usize>> = match &self.conn {
+            RedisConn::Single(_) => {
+                (0..events.len()).collect::<Vec<_>>().chunks(500).map(<[usize]>::to_vec).collect()
+            }
+            RedisConn::Cluster(_) => {
+                by_topic(events, 0..events.len()).into_iter().map(|(_, ix)| ix).collect()
+            }
         };
-        let calls = chunks.into_iter().map(|chunk| self.publish_chunk(chunk));
-        let results = futures::future::try_join_all(calls).await?;
-        Ok(results.into_iter().flatten().collect())
+        let calls = chunks.iter().map(|chunk| self.publish_chunk(events, chunk));
+        let mut offsets: Vec<Option<Offset>> = vec![None; events.len()];
+        for (chunk, got) in chunks.iter().zip(futures::future::try_join_all(calls).await?) {
+            for (&i, offset) in chunk.iter().zip(got) {
+                offsets[i] = Some(offset);
+            }
+        }
+        offsets
+            .into_iter()
+            .map(|o| o.ok_or_else(|| BusError::Protocol("an event got no offset".into())))
+            .collect()
     }
 
-    async fn publish_chunk(&self, chunk: &[(String, String, Json)]) -> Result<Vec<Offset>, BusError> {
+    /// One script call for the events at `chunk` (indexes into `events`); their offsets,
+    /// in `chunk`'s order.
+    async fn publish_chunk(
+        &self,
+        events: &[(String, String, Json)],
+        chunk: &[usize],
+    ) -> Result<Vec<Offset>, BusError> {
+        let groups = by_topic(events, chunk.iter().copied());
         let mut inv = PUBLISH.prepare_invoke();
-        for (topic, _, _) in chunk {
+        for (topic, _) in &groups {
             inv.key(self.stream_key(topic));
         }
         inv.arg(self.channel_prefix())
             .arg(self.retention.max_len)
             .arg(self.retention.max_age.as_millis() as u64)
             .arg(fresh_epoch());
-        for (topic, event_type, payload) in chunk {
-            inv.arg(topic).arg(event_type).arg(payload.to_string());
+        for (topic, ix) in &groups {
+            let mut lines = String::new();
+            for (k, &i) in ix.iter().enumerate() {
+                let (_, event_type, payload) = &events[i];
+                if k > 0 {
+                    lines.push('\n');
+                }
+                lines.push_str(event_type);
+                lines.push('|');
+                lines.push_str(&payload.to_string());
+            }
+            inv.arg(topic).arg(ix.len()).arg(lines);
         }
         let mut conn = self.conn.clone();
-        // Flat: epoch, n per event (publish.lua).
+        // Flat: epoch, first number per topic (publish.lua).
         let reply: Vec<redis::Value> = inv.invoke_async(&mut conn).await?;
-        reply
-            .chunks_exact(2)
-            .map(|c| {
-                Ok(Offset {
-                    epoch: redis::FromRedisValue::from_redis_value(c[0].clone())
-                        .map_err(redis::RedisError::from)?,
-                    n: redis::FromRedisValue::from_redis_value(c[1].clone())
-                        .map_err(redis::RedisError::from)?,
-                })
-            })
-            .collect()
+        if reply.len() != groups.len() * 2 {
+            return Err(BusError::Protocol(format!("{} values for {} topics", reply.len(), groups.len())));
+        }
+        let mut offsets = std::collections::HashMap::with_capacity(chunk.len());
+        for ((_, ix), pair) in groups.iter().zip(reply.chunks_exact(2)) {
+            let epoch: String =
+                redis::FromRedisValue::from_redis_value(pair[0].clone()).map_err(redis::RedisError::from)?;
+            let first: u64 =
+                redis::FromRedisValue::from_redis_value(pair[1].clone()).map_err(redis::RedisError::from)?;
+            for (k, &i) in ix.iter().enumerate() {
+                offsets.insert(i, Offset { epoch: epoch.clone(), n: first + k as u64 });
+            }
+        }
+        Ok(chunk.iter().map(|i| offsets.remove(i).expect("every event is in a group")).collect())
     }
 
     /// The topic's current epoch ('' when it has no history).
@@ -265,7 +297,20 @@ impl Bus {
     }
 }
 
-/// The events of one stream entry: its field `r`, records as in a live message. (Entries
+/// Indexes of `events` grouped by topic, topics in order of first appearance.
+fn by_topic(events: &[(String, String, Json)], ix: impl Iterator<Item = usize>) -> Vec<(&str, Vec<usize>)> {
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    for i in ix {
+        let topic = events[i].0.as_str();
+        match groups.iter_mut().find(|(t, _)| *t == topic) {
+            Some((_, list)) => list.push(i),
+            None => groups.push((topic, vec![i])),
+        }
+    }
+    groups
+}
+
+/// The events of one stream entry: its field `r`, a body as in a live message. (Entries
 /// written before events were batched hold one event as fields t, p, ts, numbered by the
 /// id; they are read too, so history written by an older version stays readable.)
 fn entry_records(
@@ -285,22 +330,44 @@ fn entry_records(
             offset: Offset { epoch: epoch.to_string(), n },
         }]);
     };
-    body.split('\n').map(|record| parse_record(topic, record).ok_or_else(|| bad(record))).collect()
+    parse_body(topic, &body).ok_or_else(|| bad(&body))
 }
 
-/// Parses one record, `epoch|n|time_ms|type|payload`: the form of events in live messages
-/// and in stored stream entries alike (publish.lua).
-pub(crate) fn parse_record(topic: &str, record: &str) -> Option<EventRecord> {
-    let mut parts = record.splitn(5, '|');
-    let (epoch, n, time, event_type, payload) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    Some(EventRecord {
+/// Parses a body, the form of a topic's events in a live message and in a stored stream
+/// entry alike (publish.lua): the line `epoch|first n|time_ms`, then one line
+/// `type|payload` per event, numbered from the first. Bodies of older publishers, one line
+/// `epoch|n|time_ms|type|payload` per event, are read too (a rolling upgrade has both).
+pub(crate) fn parse_body(topic: &str, body: &str) -> Option<Vec<EventRecord>> {
+    let event = |epoch: &str, n: u64, time_ms: u64, event_type: &str, payload: &str| EventRecord {
         topic: topic.to_string(),
         event_type: event_type.to_string(),
         payload: serde_json::from_str(payload).unwrap_or(Json::Null),
-        time_ms: time.parse().ok()?,
-        offset: Offset { epoch: epoch.to_string(), n: n.parse().ok()? },
-    })
+        time_ms,
+        offset: Offset { epoch: epoch.to_string(), n },
+    };
+    let (head, lines) = body.split_once('\n').unwrap_or((body, ""));
+    let mut parts = head.splitn(4, '|');
+    let (epoch, n, time) = (parts.next()?, parts.next()?, parts.next()?);
+    let (n, time_ms): (u64, u64) = (n.parse().ok()?, time.parse().ok()?);
+    if let Some(rest) = parts.next() {
+        // An older body: every line is a whole record.
+        let (event_type, payload) = rest.split_once('|')?;
+        let mut out = vec![event(epoch, n, time_ms, event_type, payload)];
+        for line in lines.split('\n').filter(|l| !l.is_empty()) {
+            let mut p = line.splitn(5, '|');
+            let (e, n, t, ty, pl) = (p.next()?, p.next()?, p.next()?, p.next()?, p.next()?);
+            out.push(event(e, n.parse().ok()?, t.parse().ok()?, ty, pl));
+        }
+        return Some(out);
+    }
+    lines
+        .split('\n')
+        .enumerate()
+        .map(|(i, line)| {
+            let (event_type, payload) = line.split_once('|')?;
+            Some(event(epoch, n + i as u64, time_ms, event_type, payload))
+        })
+        .collect()
 }
 
 fn fresh_epoch() -> String {

@@ -295,11 +295,12 @@ async fn a_confirmed_subscription_gets_the_very_next_event() {
 }
 
 /// History written one event per entry (fields t, p, ts), as versions before batched
-/// entries did, is still read after an upgrade, and new events continue its numbers.
+/// entries did, is still read after an upgrade, and new events continue its numbers; live
+/// messages in the older form (a whole record per line) still reach subscribers.
 #[tokio::test]
 async fn history_written_by_an_older_version_stays_readable() {
     let redis = RedisServer::start();
-    let (bus, _hub) = setup(&redis, Retention::default()).await;
+    let (bus, hub) = setup(&redis, Retention::default()).await;
     let mut conn = redis.client();
     let key = "aura:ev:{old.t}";
     for n in 1..=3 {
@@ -335,4 +336,13 @@ async fn history_written_by_an_older_version_stays_readable() {
         .map(|(t, n, i)| (t.to_string(), n, i, "e0".to_string()));
     assert_eq!((got, more), (want.to_vec(), false));
     assert_eq!(events[0].time_ms, 1_700_000_000_000);
+    // Live messages of an older publisher (one line per whole record) are delivered too.
+    let mut live = hub.subscribe(patterns(&["old.t"]), Start::Live, 16).unwrap();
+    assert!(hub.wait_subscribed(&patterns(&["old.t"]), Duration::from_secs(5)).await);
+    let body = "e0|5|1700000000000|old|{\"i\":5}\ne0|6|1700000000000|old|{\"i\":6}";
+    let _: i64 = redis::cmd("PUBLISH").arg("aura:evc:old.t").arg(body).query(&mut conn).unwrap();
+    for n in [5, 6] {
+        let e = tokio::time::timeout(Duration::from_secs(5), live.recv()).await.unwrap().unwrap().unwrap();
+        assert_eq!((e.event_type.as_str(), e.offset.n, e.payload["i"].as_u64()), ("old", n, Some(n)));
+    }
 }

@@ -424,8 +424,9 @@ async fn flow_idempotency_and_cancellation() {
     flow_idempotency_and_cancellation_on(&redis.url()).await;
 }
 
-/// The records of a flow's topic, in stream order: each stream entry holds the records of
-/// one script call, `epoch|n|ms|type|payload`, newline-separated.
+/// The events of a flow's topic, in stream order, as `[epoch, n, ms, type, payload]`: each
+/// stream entry holds the events of one script call, a body of the line `epoch|first n|ms`
+/// and a line `type|payload` per event.
 async fn topic_records(q: &Queue, flow: &str) -> Vec<Vec<String>> {
     let mut conn = q.conn();
     let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
@@ -438,10 +439,22 @@ async fn topic_records(q: &Queue, flow: &str) -> Vec<Vec<String>> {
     let mut records = Vec::new();
     for (id, fields) in entries {
         assert_eq!(fields[0], "r", "entry {id}");
-        let batch: Vec<Vec<String>> =
-            fields[1].split('\n').map(|r| r.splitn(5, '|').map(str::to_string).collect()).collect();
-        assert_eq!(format!("{}-0", batch.last().unwrap()[1]), id, "an entry's id is its last number");
-        records.extend(batch);
+        let mut lines = fields[1].split('\n');
+        let head: Vec<&str> = lines.next().unwrap().split('|').collect();
+        let first: u64 = head[1].parse().unwrap();
+        let mut n = first;
+        for line in lines {
+            let (event_type, payload) = line.split_once('|').unwrap();
+            records.push(vec![
+                head[0].into(),
+                n.to_string(),
+                head[2].into(),
+                event_type.into(),
+                payload.into(),
+            ]);
+            n += 1;
+        }
+        assert_eq!(format!("{}-0", n - 1), id, "an entry's id is its last number");
     }
     records
 }

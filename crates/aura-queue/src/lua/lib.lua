@@ -106,7 +106,7 @@ end
 -- step.succeeded + run.succeeded when its last step completes) then reserves their numbers
 -- with one INCRBY and goes out live in one PUBLISH (records joined by '\n', as aura-bus
 -- does), instead of an INCR and a PUBLISH per event. Per flow: epoch and workflow (its
--- index name), events (buffered {type, payload, ms}), fresh (its topic starts here: numbers
+-- index name), events (buffered body lines "type|payload"), ms (their clock reading), fresh (its topic starts here: numbers
 -- from 1, no counter to read), expire (the flow ended: its history expires after the
 -- retention period), and the hash fields read once: gated, admitted, to, pending.
 local emit_cache = {}
@@ -168,8 +168,12 @@ local function emit(P, WAKE, flow, etype, fields, now, step, attempt)
   end
   if now ~= now_cached then now_cached, now_string = now, int(now) end
   local events = cached.events
-  if #events == 0 then emit_order[#emit_order + 1] = flow end
-  events[#events + 1] = {etype, payload, now_string}
+  if #events == 0 then
+    emit_order[#emit_order + 1] = flow
+    cached.ms = now_string
+  end
+  -- A body line (see flush_events).
+  events[#events + 1] = etype .. '|' .. payload
 end
 
 -- A finished flow's events are kept for the retention period, then expire.
@@ -186,7 +190,10 @@ local function flow_finished(P, flow, now)
   fdone_pending[#fdone_pending + 1] = flow
 end
 
--- Writes the buffered events: per flow, its numbers, one XADD and one PUBLISH.
+-- Writes the buffered events: per flow, its numbers, one XADD and one PUBLISH of one body,
+-- as aura-bus writes them (crates/aura-bus/src/lua/publish.lua): the line
+-- "epoch|first n|ms", then a line "type|payload" per event; the entry's id is its last
+-- number. (A script call has one clock reading, so its events share their ms.)
 -- The epoch is the flow hash's `ev` field (written with the flow), else the topic's epoch
 -- key; a topic with neither starts a new history.
 local function flush_events()
@@ -204,18 +211,13 @@ local function flush_events()
     else
       if not c.epoch then c.epoch = redis.call('GET', key .. ':epoch') end
       if not c.epoch then
-        c.epoch = string.format('%x', tonumber(events[1][3]))
+        c.epoch = string.format('%x', tonumber(c.ms))
         redis.call('DEL', key, key .. ':n')
         redis.call('SET', key .. ':epoch', c.epoch)
       end
       last = redis.call('INCRBY', key .. ':n', int(count))
     end
-    -- One entry (id: its last number) and one PUBLISH of the same text, as aura-bus writes.
-    local records = {}
-    for i, e in ipairs(events) do
-      records[i] = c.epoch .. '|' .. int(last - count + i) .. '|' .. e[3] .. '|' .. e[1] .. '|' .. e[2]
-    end
-    local body = table.concat(records, '\n')
+    local body = c.epoch .. '|' .. int(last - count + 1) .. '|' .. c.ms .. '\n' .. table.concat(events, '\n')
     -- A topic that never had EV_MAXLEN events cannot need trimming.
     if last <= EV_MAXLEN then
       redis.call('XADD', key, int(last) .. '-0', 'r', body)
