@@ -104,7 +104,12 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("aura-bench-mesh: bulk pass 1 done");
     // 2. 64 concurrent clients, one run per call.
     let per_client = n / 64;
+    let () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut admin).await?;
+    let conc_cpu_start = info(admin.clone()).await?.cpu_s;
+    let conc_own_start = machine::own_cpu_s();
     let concurrent = concurrent_runs(&mesh, per_client, completed).await?;
+    let conc_own = machine::own_cpu_s() - conc_own_start;
+    let conc_work = redis_stats::PhaseStats::new(&info(admin.clone()).await?, conc_cpu_start);
     completed += (per_client * 64) as u64;
 
     eprintln!("aura-bench-mesh: 64-client pass 1 done");
@@ -274,6 +279,18 @@ async fn main() -> anyhow::Result<()> {
         per_run(own_cpu * 1e6),
         own_cpu / bulk.as_secs_f64()
     );
+    {
+        let runs = (per_client * 64) as f64;
+        let secs = concurrent.as_secs_f64();
+        println!(
+            "| 64 clients: Redis CPU µs per run (cores busy), script calls per run; AURA process CPU µs per run (cores busy) | {:.1} ({:.2}), {:.2}; {:.1} ({:.2}) |",
+            conc_work.redis_cpu_s * 1e6 / runs,
+            conc_work.redis_cpu_s / secs,
+            conc_work.script().calls as f64 / runs,
+            conc_own * 1e6 / runs,
+            conc_own / secs
+        );
+    }
     println!(
         "| bulk: of which submitting (StartRuns): commands, script µs, Redis CPU µs per run | {:.1}, {:.1}, {:.1} |",
         per_run(submit_work.total_calls() as f64),
@@ -495,8 +512,9 @@ async fn bulk_runs(
     admin: Option<redis::aio::MultiplexedConnection>,
 ) -> anyhow::Result<(Duration, Option<redis_stats::Snapshot>, Duration)> {
     let start = Instant::now();
-    for _ in 0..n / 1000 {
-        let runs = (0..1000)
+    // Calls of 1,000 runs, the last one with the rest.
+    for first in (0..n).step_by(1000) {
+        let runs = (first..n.min(first + 1000))
             .map(|_| pb::StartRunRequest {
                 workflow_name: "bench".into(),
                 input: json::json_to_struct(&serde_json::json!({"i": 1})),
