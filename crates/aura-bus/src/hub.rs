@@ -35,8 +35,40 @@ pub enum Start {
 
 struct LocalSub {
     patterns: Vec<Pattern>,
-    tx: mpsc::Sender<EventRecord>,
+    tx: mpsc::Sender<Result<EventRecord, BusError>>,
+    /// Set when cut off: its forwarding task reports the lag (replaying subscriptions).
     lagged: Arc<AtomicBool>,
+    /// A live-only subscription: `tx` is the subscriber's own channel (no forwarding task
+    /// in between), and `last` the offset last put into it, its resume offset if cut off.
+    direct: bool,
+    last: Option<Offset>,
+}
+
+/// One subscription's events, in order per topic; ends with an error when the subscriber
+/// lagged or history could not be resumed. Dropping it unsubscribes.
+pub struct Subscription {
+    rx: mpsc::Receiver<Result<EventRecord, BusError>>,
+    /// Unregisters a live-only subscription when dropped (a replaying one is unregistered
+    /// by its forwarding task, which ends when this receiver is dropped).
+    _guard: Option<SubGuard>,
+}
+
+impl Subscription {
+    /// The next event; `None` once the subscription has ended.
+    pub async fn recv(&mut self) -> Option<Result<EventRecord, BusError>> {
+        self.rx.recv().await
+    }
+}
+
+impl futures::Stream for Subscription {
+    type Item = Result<EventRecord, BusError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
 }
 
 struct Inner {
@@ -129,15 +161,18 @@ impl Hub {
         self.inner.globs.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Subscribes. The returned receiver yields events in order per topic and ends with an
-    /// error when the subscriber lagged or history could not be resumed. Dropping it
-    /// unsubscribes.
+    /// Subscribes. `output_buffer` adds to the hub's per-subscriber buffer: a subscriber
+    /// that falls further behind is cut off with its resume offset.
+    ///
+    /// A live-only subscription gets events straight from the hub's Redis connection task
+    /// (one hand-off per event); one that replays history first goes through a forwarding
+    /// task, which orders replay before live and drops what it already sent.
     pub fn subscribe(
         &self,
         patterns: Vec<Pattern>,
         start: Start,
         output_buffer: usize,
-    ) -> Result<mpsc::Receiver<Result<EventRecord, BusError>>, BusError> {
+    ) -> Result<Subscription, BusError> {
         if patterns.is_empty() {
             return Err(BusError::Invalid("at least one pattern is required".into()));
         }
@@ -150,18 +185,28 @@ impl Hub {
                 ));
             }
         };
-        let (live_tx, live_rx) = mpsc::channel(self.inner.buffer);
-        let lagged = Arc::new(AtomicBool::new(false));
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let globs: Vec<String> =
             patterns.iter().map(|p| p.redis_glob(&self.inner.bus.channel_prefix())).collect();
+        let guard = SubGuard { hub: self.clone(), id, globs: globs.clone() };
+        let lagged = Arc::new(AtomicBool::new(false));
+        if resume_topic.is_none() {
+            let (tx, rx) = mpsc::channel(self.inner.buffer + output_buffer.max(1));
+            let sub = LocalSub { patterns, tx, lagged, direct: true, last: None };
+            self.inner.subs.lock().unwrap_or_else(|p| p.into_inner()).insert(id, sub);
+            self.acquire(&globs);
+            return Ok(Subscription { rx, _guard: Some(guard) });
+        }
+        let (live_tx, live_rx) = mpsc::channel(self.inner.buffer);
         {
             let mut subs = self.inner.subs.lock().unwrap_or_else(|p| p.into_inner());
-            subs.insert(id, LocalSub { patterns, tx: live_tx, lagged: lagged.clone() });
+            subs.insert(
+                id,
+                LocalSub { patterns, tx: live_tx, lagged: lagged.clone(), direct: false, last: None },
+            );
         }
         self.acquire(&globs);
-        let (out_tx, out_rx) = mpsc::channel(output_buffer);
-        let guard = SubGuard { hub: self.clone(), id, globs };
+        let (out_tx, out_rx) = mpsc::channel(output_buffer.max(1));
         let reconnects = self.inner.reconnects.subscribe();
         tokio::spawn(forward(
             self.inner.bus.clone(),
@@ -173,7 +218,7 @@ impl Hub {
             out_tx,
             reconnects,
         ));
-        Ok(out_rx)
+        Ok(Subscription { rx: out_rx, _guard: None })
     }
 
     /// Waits until Redis has confirmed the pattern subscriptions behind `patterns` (at most
@@ -240,7 +285,7 @@ async fn forward(
     guard: SubGuard,
     start: Start,
     resume_topic: Option<String>,
-    mut live: mpsc::Receiver<EventRecord>,
+    mut live: mpsc::Receiver<Result<EventRecord, BusError>>,
     lagged: Arc<AtomicBool>,
     out: mpsc::Sender<Result<EventRecord, BusError>>,
     mut reconnects: watch::Receiver<u64>,
@@ -264,7 +309,8 @@ async fn forward(
     loop {
         tokio::select! {
             event = live.recv() => {
-                let Some(event) = event else {
+                // Only events arrive here (the hub reports lag through `lagged`).
+                let Some(Ok(event)) = event else {
                     if lagged.load(Ordering::Relaxed) {
                         let resume_from = last.as_ref().map(ToString::to_string).unwrap_or(last_any.clone());
                         let _ = out.send(Err(BusError::Lagged { resume_from })).await;
@@ -438,13 +484,18 @@ fn dispatch_event(inner: &Inner, topic: &str, event: EventRecord) {
     inner.metrics.lag.observe(now_ms.saturating_sub(time_ms) as f64 / 1000.0);
     let mut subs = inner.subs.lock().unwrap_or_else(|p| p.into_inner());
     let mut cut_off = Vec::new();
-    for (id, sub) in subs.iter() {
+    let mut gone = Vec::new();
+    for (id, sub) in subs.iter_mut() {
         if !sub.patterns.iter().any(|p| p.matches(topic)) {
             continue;
         }
-        match sub.tx.try_send(event.clone()) {
+        let offset = sub.direct.then(|| event.offset.clone());
+        match sub.tx.try_send(Ok(event.clone())) {
             Ok(()) => {
                 inner.metrics.delivered.inc();
+                if offset.is_some() {
+                    sub.last = offset;
+                }
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 // A slow subscriber never slows the others: it is cut off and told to resume.
@@ -452,12 +503,24 @@ fn dispatch_event(inner: &Inner, topic: &str, event: EventRecord) {
                 inner.metrics.cut_off.inc();
                 cut_off.push(*id);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => gone.push(*id),
         }
     }
     for id in cut_off {
-        // Dropping the sender ends its live channel; its forwarder reports the lag. The
-        // glob refcounts are released by its guard.
+        let Some(sub) = subs.remove(&id) else { continue };
+        if sub.direct {
+            // Its channel is full: the error goes in once the subscriber has taken what is
+            // buffered. (Its guard releases the Redis patterns when it is dropped.)
+            let resume_from = sub.last.as_ref().map(ToString::to_string).unwrap_or_default();
+            tokio::spawn(async move {
+                let _ = sub.tx.send(Err(BusError::Lagged { resume_from })).await;
+            });
+        }
+        // A replaying subscription's live channel ends here; its forwarding task reports
+        // the lag. The glob refcounts are released by its guard.
+    }
+    for id in gone {
+        // Dropped without its guard having run yet (a race with `release`): forget it.
         subs.remove(&id);
     }
 }

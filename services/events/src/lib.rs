@@ -16,7 +16,7 @@ use aura_common::{CancellationToken, grpc, status};
 use aura_proto::{json, v1 as pb};
 use futures::StreamExt;
 use tokio::net::TcpListener;
-use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 /// Events settings.
@@ -137,7 +137,7 @@ impl EventsService {
         // Answer once Redis delivers the patterns' events here: a client that subscribes
         // and then publishes (or starts a run) must not miss what follows.
         self.hub.wait_subscribed(&patterns, aura_bus::hub::SUBSCRIBE_WAIT).await;
-        let stream = ReceiverStream::new(rx)
+        let stream = rx
             .map(|item| item.map(event_to_pb).map_err(to_status))
             .take_until(self.shutdown.clone().cancelled_owned());
         Ok(Box::pin(stream))
