@@ -36,12 +36,17 @@ pub enum Start {
 struct LocalSub {
     patterns: Vec<Pattern>,
     tx: mpsc::Sender<Result<EventRecord, BusError>>,
-    /// Set when cut off: its forwarding task reports the lag (replaying subscriptions).
-    lagged: Arc<AtomicBool>,
-    /// A live-only subscription: `tx` is the subscriber's own channel (no forwarding task
-    /// in between), and `last` the offset last put into it, its resume offset if cut off.
-    direct: bool,
-    last: Option<Offset>,
+    kind: SubKind,
+}
+
+/// Who reports a cut-off subscriber's lag, and with which resume offset.
+enum SubKind {
+    /// Live only: `tx` is the subscriber's own channel (no task in between); the hub
+    /// reports the lag with the offset it last put into it.
+    Direct { last: Option<Offset> },
+    /// Replaying: `tx` feeds a forwarding task, which reports the lag once it sees the
+    /// flag and its channel end, with the offset it last forwarded.
+    Forwarded { lagged: Arc<AtomicBool> },
 }
 
 /// One subscription's events, in order per topic; ends with an error when the subscriber
@@ -189,23 +194,15 @@ impl Hub {
         let globs: Vec<String> =
             patterns.iter().map(|p| p.redis_glob(&self.inner.bus.channel_prefix())).collect();
         let guard = SubGuard { hub: self.clone(), id, globs: globs.clone() };
-        let lagged = Arc::new(AtomicBool::new(false));
         if resume_topic.is_none() {
             let (tx, rx) = mpsc::channel(self.inner.buffer + output_buffer.max(1));
-            let sub = LocalSub { patterns, tx, lagged, direct: true, last: None };
-            self.inner.subs.lock().unwrap_or_else(|p| p.into_inner()).insert(id, sub);
-            self.acquire(&globs);
+            self.register(id, LocalSub { patterns, tx, kind: SubKind::Direct { last: None } }, &globs);
             return Ok(Subscription { rx, _guard: Some(guard) });
         }
         let (live_tx, live_rx) = mpsc::channel(self.inner.buffer);
-        {
-            let mut subs = self.inner.subs.lock().unwrap_or_else(|p| p.into_inner());
-            subs.insert(
-                id,
-                LocalSub { patterns, tx: live_tx, lagged: lagged.clone(), direct: false, last: None },
-            );
-        }
-        self.acquire(&globs);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let kind = SubKind::Forwarded { lagged: lagged.clone() };
+        self.register(id, LocalSub { patterns, tx: live_tx, kind }, &globs);
         let (out_tx, out_rx) = mpsc::channel(output_buffer.max(1));
         let reconnects = self.inner.reconnects.subscribe();
         tokio::spawn(forward(
@@ -230,6 +227,11 @@ impl Hub {
         let prefix = self.inner.bus.channel_prefix();
         let globs: Vec<String> = patterns.iter().map(|p| p.redis_glob(&prefix)).collect();
         wait_confirmed(&self.inner, &globs, limit).await
+    }
+
+    fn register(&self, id: u64, sub: LocalSub, globs: &[String]) {
+        self.inner.subs.lock().unwrap_or_else(|p| p.into_inner()).insert(id, sub);
+        self.acquire(globs);
     }
 
     fn acquire(&self, globs: &[String]) {
@@ -484,43 +486,39 @@ fn dispatch_event(inner: &Inner, topic: &str, event: EventRecord) {
     inner.metrics.lag.observe(now_ms.saturating_sub(time_ms) as f64 / 1000.0);
     let mut subs = inner.subs.lock().unwrap_or_else(|p| p.into_inner());
     let mut cut_off = Vec::new();
-    let mut gone = Vec::new();
     for (id, sub) in subs.iter_mut() {
         if !sub.patterns.iter().any(|p| p.matches(topic)) {
             continue;
         }
-        let offset = sub.direct.then(|| event.offset.clone());
         match sub.tx.try_send(Ok(event.clone())) {
             Ok(()) => {
                 inner.metrics.delivered.inc();
-                if offset.is_some() {
-                    sub.last = offset;
+                if let SubKind::Direct { last } = &mut sub.kind {
+                    *last = Some(event.offset.clone());
                 }
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 // A slow subscriber never slows the others: it is cut off and told to resume.
-                sub.lagged.store(true, Ordering::Relaxed);
                 inner.metrics.cut_off.inc();
                 cut_off.push(*id);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => gone.push(*id),
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
     for id in cut_off {
         let Some(sub) = subs.remove(&id) else { continue };
-        if sub.direct {
-            // Its channel is full: the error goes in once the subscriber has taken what is
-            // buffered. (Its guard releases the Redis patterns when it is dropped.)
-            let resume_from = sub.last.as_ref().map(ToString::to_string).unwrap_or_default();
-            tokio::spawn(async move {
-                let _ = sub.tx.send(Err(BusError::Lagged { resume_from })).await;
-            });
+        match sub.kind {
+            SubKind::Direct { last } => {
+                // Its channel is full: the error goes in once the subscriber has taken what
+                // is buffered.
+                let resume_from = last.as_ref().map(ToString::to_string).unwrap_or_default();
+                tokio::spawn(async move {
+                    let _ = sub.tx.send(Err(BusError::Lagged { resume_from })).await;
+                });
+            }
+            // Dropping the sender ends its live channel; its forwarding task reports the lag.
+            SubKind::Forwarded { lagged } => lagged.store(true, Ordering::Relaxed),
         }
-        // A replaying subscription's live channel ends here; its forwarding task reports
-        // the lag. The glob refcounts are released by its guard.
-    }
-    for id in gone {
-        // Dropped without its guard having run yet (a race with `release`): forget it.
-        subs.remove(&id);
+        // The glob refcounts are released by the subscription's guard.
     }
 }

@@ -142,9 +142,10 @@ impl Bus {
             .remove(0))
     }
 
-    /// Publishes many events. On one Redis node this is one script call per 500 events;
-    /// on a cluster, one call per topic (each topic is its own slot), sent concurrently so
-    /// the multiplexed connection pipelines them. Offsets come back in the order given.
+    /// Publishes many events. A topic's events always share one script call; on one Redis
+    /// node topics are packed into calls of about 500 events, on a cluster each topic is
+    /// its own call (its own slot). Calls are sent concurrently, so the multiplexed
+    /// connection pipelines them. Offsets come back in the order given.
     pub async fn publish_batch(&self, events: &[(String, String, Json)]) -> Result<Vec<Offset>, BusError> {
         for (topic, event_type, payload) in events {
             validate_topic(topic)?;
@@ -164,19 +165,32 @@ impl Bus {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let chunks: Vec<Vec<usize>> = match &self.conn {
+        // Each call carries whole topics (so, on a cluster, one slot: one topic per call).
+        let groups = by_topic(events);
+        let calls: Vec<Vec<(&str, Vec<usize>)>> = match &self.conn {
             RedisConn::Single(_) => {
-                (0..events.len()).collect::<Vec<_>>().chunks(500).map(<[usize]>::to_vec).collect()
+                let mut calls: Vec<Vec<(&str, Vec<usize>)>> = vec![Vec::new()];
+                let mut size = 0;
+                for group in groups {
+                    if size > 0 && size + group.1.len() > 500 {
+                        calls.push(Vec::new());
+                        size = 0;
+                    }
+                    size += group.1.len();
+                    calls.last_mut().expect("never empty").push(group);
+                }
+                calls
             }
-            RedisConn::Cluster(_) => {
-                by_topic(events, 0..events.len()).into_iter().map(|(_, ix)| ix).collect()
-            }
+            RedisConn::Cluster(_) => groups.into_iter().map(|group| vec![group]).collect(),
         };
-        let calls = chunks.iter().map(|chunk| self.publish_chunk(events, chunk));
+        let replies =
+            futures::future::try_join_all(calls.iter().map(|call| self.publish_call(events, call))).await?;
         let mut offsets: Vec<Option<Offset>> = vec![None; events.len()];
-        for (chunk, got) in chunks.iter().zip(futures::future::try_join_all(calls).await?) {
-            for (&i, offset) in chunk.iter().zip(got) {
-                offsets[i] = Some(offset);
+        for (call, firsts) in calls.iter().zip(replies) {
+            for ((_, ix), (epoch, first)) in call.iter().zip(firsts) {
+                for (k, &i) in ix.iter().enumerate() {
+                    offsets[i] = Some(Offset { epoch: epoch.clone(), n: first + k as u64 });
+                }
             }
         }
         offsets
@@ -185,52 +199,47 @@ impl Bus {
             .collect()
     }
 
-    /// One script call for the events at `chunk` (indexes into `events`); their offsets,
-    /// in `chunk`'s order.
-    async fn publish_chunk(
+    /// One script call for some topics' events (indexes into `events`); per topic, its
+    /// epoch and the number its first event got.
+    async fn publish_call(
         &self,
         events: &[(String, String, Json)],
-        chunk: &[usize],
-    ) -> Result<Vec<Offset>, BusError> {
-        let groups = by_topic(events, chunk.iter().copied());
+        topics: &[(&str, Vec<usize>)],
+    ) -> Result<Vec<(String, u64)>, BusError> {
         let mut inv = PUBLISH.prepare_invoke();
-        for (topic, _) in &groups {
+        for (topic, _) in topics {
             inv.key(self.stream_key(topic));
         }
         inv.arg(self.channel_prefix())
-            .arg(self.retention.max_len)
+            .arg(self.retention.max_len.max(1))
             .arg(self.retention.max_age.as_millis() as u64)
             .arg(fresh_epoch());
-        for (topic, ix) in &groups {
-            let mut lines = String::new();
-            for (k, &i) in ix.iter().enumerate() {
-                let (_, event_type, payload) = &events[i];
-                if k > 0 {
-                    lines.push('\n');
-                }
-                lines.push_str(event_type);
-                lines.push('|');
-                lines.push_str(&payload.to_string());
-            }
-            inv.arg(topic).arg(ix.len()).arg(lines);
+        for (topic, ix) in topics {
+            let lines: Vec<String> = ix
+                .iter()
+                .map(|&i| {
+                    let (_, event_type, payload) = &events[i];
+                    format!("{event_type}|{payload}")
+                })
+                .collect();
+            inv.arg(topic).arg(ix.len()).arg(lines.join("\n"));
         }
         let mut conn = self.conn.clone();
         // Flat: epoch, first number per topic (publish.lua).
         let reply: Vec<redis::Value> = inv.invoke_async(&mut conn).await?;
-        if reply.len() != groups.len() * 2 {
-            return Err(BusError::Protocol(format!("{} values for {} topics", reply.len(), groups.len())));
+        if reply.len() != topics.len() * 2 {
+            return Err(BusError::Protocol(format!("{} values for {} topics", reply.len(), topics.len())));
         }
-        let mut offsets = std::collections::HashMap::with_capacity(chunk.len());
-        for ((_, ix), pair) in groups.iter().zip(reply.chunks_exact(2)) {
-            let epoch: String =
-                redis::FromRedisValue::from_redis_value(pair[0].clone()).map_err(redis::RedisError::from)?;
-            let first: u64 =
-                redis::FromRedisValue::from_redis_value(pair[1].clone()).map_err(redis::RedisError::from)?;
-            for (k, &i) in ix.iter().enumerate() {
-                offsets.insert(i, Offset { epoch: epoch.clone(), n: first + k as u64 });
-            }
-        }
-        Ok(chunk.iter().map(|i| offsets.remove(i).expect("every event is in a group")).collect())
+        reply
+            .chunks_exact(2)
+            .map(|pair| {
+                let epoch = redis::FromRedisValue::from_redis_value(pair[0].clone())
+                    .map_err(redis::RedisError::from)?;
+                let first = redis::FromRedisValue::from_redis_value(pair[1].clone())
+                    .map_err(redis::RedisError::from)?;
+                Ok((epoch, first))
+            })
+            .collect()
     }
 
     /// The topic's current epoch ('' when it has no history).
@@ -254,15 +263,15 @@ impl Bus {
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
         pipe.get(format!("{key}:epoch"));
-        pipe.cmd("XRANGE").arg(&key).arg("-").arg("+").arg("COUNT").arg(1);
         // An entry holds a batch of events and is keyed by its last number (publish.lua):
         // the entries after "<n>-0" are those holding events after n.
         let start = after.map_or_else(|| "-".to_string(), |o| format!("({}", o.stream_id()));
         // Each entry holds at least one wanted event, so limit + 1 entries answer `more`.
         pipe.cmd("XRANGE").arg(&key).arg(start).arg("+").arg("COUNT").arg(limit + 1);
-        let (epoch, oldest, range): (Option<String>, StreamRangeReply, StreamRangeReply) =
-            pipe.query_async(&mut conn).await?;
+        let (epoch, range): (Option<String>, StreamRangeReply) = pipe.query_async(&mut conn).await?;
         let epoch = epoch.unwrap_or_default();
+        let mut entries = range.ids.iter().map(|entry| entry_records(topic, &epoch, entry));
+        let mut events: Vec<EventRecord> = entries.next().transpose()?.unwrap_or_default();
         if let Some(after) = after {
             if epoch != after.epoch {
                 return Err(BusError::EpochChanged {
@@ -271,25 +280,21 @@ impl Bus {
                     current: epoch,
                 });
             }
-            // Numbers are contiguous: a gap between the offset and the oldest retained
-            // event means events the client never saw were trimmed.
-            if let Some(entry) = oldest.ids.first() {
-                let first = entry_records(topic, &epoch, entry)?
-                    .first()
-                    .map(|e| e.offset.n)
-                    .ok_or_else(|| BusError::Protocol(format!("empty stream entry {}", entry.id)))?;
-                if first > after.n + 1 {
-                    return Err(BusError::OutOfRange {
-                        requested: after.to_string(),
-                        oldest: Offset { epoch: epoch.clone(), n: first }.to_string(),
-                    });
-                }
+            // Numbers are contiguous and trimming removes the oldest entries: when the
+            // first entry after the offset starts past the next number, events the client
+            // never saw were trimmed (and that entry is the oldest retained).
+            if let Some(first) = events.first().map(|e| e.offset.n)
+                && first > after.n + 1
+            {
+                return Err(BusError::OutOfRange {
+                    requested: after.to_string(),
+                    oldest: Offset { epoch: epoch.clone(), n: first }.to_string(),
+                });
             }
+            events.retain(|e| e.offset.n > after.n);
         }
-        let after_n = after.map_or(0, |o| o.n);
-        let mut events = Vec::new();
-        for entry in &range.ids {
-            events.extend(entry_records(topic, &epoch, entry)?.into_iter().filter(|e| e.offset.n > after_n));
+        for rest in entries {
+            events.extend(rest?);
         }
         let more = events.len() > limit;
         events.truncate(limit);
@@ -298,14 +303,15 @@ impl Bus {
 }
 
 /// Indexes of `events` grouped by topic, topics in order of first appearance.
-fn by_topic(events: &[(String, String, Json)], ix: impl Iterator<Item = usize>) -> Vec<(&str, Vec<usize>)> {
+fn by_topic(events: &[(String, String, Json)]) -> Vec<(&str, Vec<usize>)> {
     let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
-    for i in ix {
-        let topic = events[i].0.as_str();
-        match groups.iter_mut().find(|(t, _)| *t == topic) {
-            Some((_, list)) => list.push(i),
-            None => groups.push((topic, vec![i])),
-        }
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, (topic, _, _)) in events.iter().enumerate() {
+        let g = *index.entry(topic.as_str()).or_insert_with(|| {
+            groups.push((topic.as_str(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push(i);
     }
     groups
 }
@@ -330,7 +336,9 @@ fn entry_records(
             offset: Offset { epoch: epoch.to_string(), n },
         }]);
     };
-    parse_body(topic, &body).ok_or_else(|| bad(&body))
+    parse_body(topic, &body).ok_or_else(|| {
+        bad(&format!("unreadable body starting {:?}", body.chars().take(80).collect::<String>()))
+    })
 }
 
 /// Parses a body, the form of a topic's events in a live message and in a stored stream
