@@ -104,11 +104,12 @@ end
 -- `flush_events`, which the script wrapper (scripts.rs) calls after every script body. A
 -- flow that gets several events in one call (run.started + step.started when claimed,
 -- step.succeeded + run.succeeded when its last step completes) then reserves their numbers
--- with one INCRBY and goes out live in one PUBLISH (records joined by '\n', as aura-bus
--- does), instead of an INCR and a PUBLISH per event. Per flow: epoch and workflow (its
--- index name), events (buffered body lines "type|payload"), ms (their clock reading), fresh (its topic starts here: numbers
--- from 1, no counter to read), expire (the flow ended: its history expires after the
--- retention period), and the hash fields read once: gated, admitted, to, pending.
+-- with one INCRBY and is written as one stream entry and one PUBLISH of one body, as
+-- aura-bus does, instead of an INCR, an XADD and a PUBLISH per event. Per flow: epoch and
+-- workflow (its index name), events (buffered body lines "type|payload"), ms (their clock
+-- reading), fresh (its topic starts here: numbers from 1, no counter to read), expire (the
+-- flow ended: its history expires after the retention period), and the hash fields read
+-- once: gated, admitted, to, pending.
 local emit_cache = {}
 local emit_order = {}
 local emit_ctx = nil
