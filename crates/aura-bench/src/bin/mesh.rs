@@ -83,7 +83,6 @@ async fn main() -> anyhow::Result<()> {
     let mesh = Mesh::start(&redis.url(), options).await;
     let mut gw = mesh.gateway().await;
     register_bench(&mut gw).await?;
-    let input = || json::json_to_struct(&serde_json::json!({"i": 1}));
 
     // 1. bulk, with Redis's own account of the work (commandstats and CPU) around it.
     let mut admin = admin_conn(&redis.url()).await?;
@@ -147,54 +146,31 @@ async fn main() -> anyhow::Result<()> {
     }
 
     eprintln!("aura-bench-mesh: throughput pairs done");
-    // 3. latency, two ways. Like BullMQ's `waitUntilFinished` on a QueueEvents (a
-    // listener open the whole time): one `Subscribe(runs.*)` stream, StartRun, wait for
-    // that run's run.succeeded. And as a client that watches only its own run: StartRun,
-    // then WatchRun (which looks the run up and replays its history first).
-    let mut listener = gw
-        .subscribe(pb::SubscribeRequest { patterns: vec!["runs.*".into()], ..Default::default() })
-        .await?
-        .into_inner();
-    let mut listened = Vec::with_capacity(latency_n);
-    for i in 0..latency_n + 50 {
-        let t0 = Instant::now();
-        let req = pb::StartRunRequest { workflow_name: "bench".into(), input: input(), ..Default::default() };
-        let run_id = gw.start_run(req).await?.into_inner().run.unwrap().run_id;
-        let topic = format!("runs.{run_id}");
-        while let Some(event) = listener.next().await {
-            let event = event?;
-            if event.topic == topic && event.r#type == "run.succeeded" {
-                break;
-            }
+    // 3. latency, two ways, in `pairs` passes alternating with BullMQ's (one pass of
+    // 1,000 sequential runs swings by 2× at p99 on a shared machine: several passes and
+    // their median, with ratios within each pair). Like BullMQ's `waitUntilFinished` on a
+    // QueueEvents (a listener open the whole time): one `Subscribe(runs.*)` stream,
+    // StartRun, wait for that run's run.succeeded. And as a client that watches only its
+    // own run: StartRun, then WatchRun (which looks the run up and replays its history).
+    let mut listened = Vec::new();
+    let mut watched = Vec::new();
+    let mut bull_latency = Vec::new();
+    for pair in 0..pairs {
+        let aura_first = pair % 2 == 0;
+        if aura_first {
+            listened.push(listened_latency(&mut gw, latency_n).await?);
+            watched.push(watched_latency(&mut gw, latency_n).await?);
         }
-        if i >= 50 {
-            listened.push(t0.elapsed().as_secs_f64() * 1000.0);
+        if let Some((dir, node)) = &peer {
+            let name = format!("mesh-peer-latency-{pair}");
+            bull_latency.push(bullmq::latency(dir, node, redis.port(), latency_n, &name).await?);
         }
-    }
-    drop(listener);
-    listened.sort_by(f64::total_cmp);
-    let mut samples = Vec::with_capacity(latency_n);
-    for i in 0..latency_n + 50 {
-        let t0 = Instant::now();
-        let req = pb::StartRunRequest { workflow_name: "bench".into(), input: input(), ..Default::default() };
-        let run_id = gw.start_run(req).await?.into_inner().run.unwrap().run_id;
-        let mut stream = gw.watch_run(pb::WatchRunRequest { run_id }).await?.into_inner();
-        while let Some(event) = stream.next().await {
-            if event?.r#type == "run.succeeded" {
-                break;
-            }
-        }
-        if i >= 50 {
-            samples.push(t0.elapsed().as_secs_f64() * 1000.0);
+        if !aura_first {
+            listened.push(listened_latency(&mut gw, latency_n).await?);
+            watched.push(watched_latency(&mut gw, latency_n).await?);
         }
     }
-    samples.sort_by(f64::total_cmp);
-    let bull_latency = match &peer {
-        Some((dir, node)) => {
-            Some(bullmq::latency(dir, node, redis.port(), latency_n, "mesh-peer-latency").await?)
-        }
-        None => None,
-    };
+    eprintln!("aura-bench-mesh: latency pairs done");
 
     // The comparison table: medians (min–max) over the pairs, ratios within each pair.
     println!("| figure | AURA mesh | BullMQ (same redis-server) | AURA / BullMQ |");
@@ -218,39 +194,35 @@ async fn main() -> anyhow::Result<()> {
         per_client * 64,
         report::cell(&aura_conc, 0)
     );
-    let lat = |v: &[f64]| {
-        format!("{:.2} / {:.2} / {:.2}", percentile(v, 50.0), percentile(v, 90.0), percentile(v, 99.0))
+    // Each percentile: its median (min–max) over the passes; ratios within each pair.
+    let pcts =
+        |passes: &[Vec<f64>], p: f64| -> Vec<f64> { passes.iter().map(|v| percentile(v, p)).collect() };
+    let lat = |passes: &[Vec<f64>]| {
+        [50.0, 90.0, 99.0].map(|p| report::cell(&pcts(passes, p), 2).replace("**", "")).join(" / ")
     };
-    let (b, r) = match &bull_latency {
-        Some(bl) => (
-            lat(bl),
-            format!(
-                "{:.2}× / {:.2}× (p50 / p99)",
-                percentile(&listened, 50.0) / percentile(bl, 50.0),
-                percentile(&listened, 99.0) / percentile(bl, 99.0)
-            ),
-        ),
-        None => ("not run".into(), String::new()),
+    let lat_ratio = |passes: &[Vec<f64>]| {
+        if bull_latency.is_empty() {
+            return String::new();
+        }
+        let ratio = |p: f64| -> Vec<f64> {
+            pcts(passes, p).iter().zip(pcts(&bull_latency, p)).map(|(a, b)| a / b).collect()
+        };
+        format!("{} / {} (p50 / p99)", report::ratio_cell(&ratio(50.0)), report::ratio_cell(&ratio(99.0)))
     };
+    let b = if bull_latency.is_empty() { "not run".to_string() } else { lat(&bull_latency) };
     println!(
-        "| latency ↓, p50 / p90 / p99 ms, {latency_n} sequential runs: StartRun → run.succeeded on a `runs.*` subscription open throughout; BullMQ: add → waitUntilFinished on a QueueEvents (worker C=10) | **{}** | {b} | {r} |",
-        lat(&listened)
+        "| latency ↓, p50 / p90 / p99 ms, {latency_n} sequential runs: StartRun → run.succeeded on a `runs.*` subscription open throughout; BullMQ: add → waitUntilFinished on a QueueEvents (worker C=10) | **{}** | {b} | {} |",
+        lat(&listened),
+        lat_ratio(&listened)
     );
-    let r = match &bull_latency {
-        Some(bl) => format!(
-            "{:.2}× / {:.2}× (p50 / p99)",
-            percentile(&samples, 50.0) / percentile(bl, 50.0),
-            percentile(&samples, 99.0) / percentile(bl, 99.0)
-        ),
-        None => String::new(),
-    };
     println!(
-        "| latency ↓, p50 / p90 / p99 ms: StartRun, then WatchRun (run looked up, history replayed) → run.succeeded | **{}** | | {r} |",
-        lat(&samples)
+        "| latency ↓, p50 / p90 / p99 ms: StartRun, then WatchRun (run looked up, history replayed) → run.succeeded | **{}** | | {} |",
+        lat(&watched),
+        lat_ratio(&watched)
     );
     println!();
     println!(
-        "Throughput: {pairs} pair(s) of passes (AURA's bulk and 64-client passes, BullMQ's bulk), alternating which goes first; median (min–max) over the pairs, ratios within each pair. Latency: one pass each, AURA first."
+        "Throughput: {pairs} pair(s) of passes (AURA's bulk and 64-client passes, BullMQ's bulk), alternating which goes first; median (min–max) over the pairs, ratios within each pair. Latency: {pairs} pass(es) each, alternating which goes first; per percentile the median (min–max) over the passes, ratios within each pair."
     );
     println!();
 
@@ -318,20 +290,41 @@ async fn main() -> anyhow::Result<()> {
         "aura",
         aura_bus::Retention::default(),
     );
+    // `pairs` passes per subscriber count, rotating which of the three goes first; per
+    // percentile the median (min–max) over the passes, p99 ratios within each pass.
     for subscribers in [1, 1000] {
-        let raw = raw_latency(&redis.url(), subscribers, 50, 500).await?;
-        let in_redis = aura_event_latency(&mesh, Publisher::Bus(&bus), subscribers, 50, 500).await?;
-        let rpc = aura_event_latency(&mesh, Publisher::Rpc, subscribers, 50, 500).await?;
-        let cell = |v: &[f64]| format!("{:.2} / {:.2}", percentile(v, 50.0), percentile(v, 99.0));
-        let ratio = |v: &[f64]| percentile(v, 99.0) / percentile(&raw, 99.0);
+        let (mut raw, mut in_redis, mut rpc) = (Vec::new(), Vec::new(), Vec::new());
+        for pass in 0..pairs {
+            for kind in (0..3).map(|k| (k + pass) % 3) {
+                match kind {
+                    0 => raw.push(raw_latency(&redis.url(), subscribers, 50, 500).await?),
+                    1 => in_redis
+                        .push(aura_event_latency(&mesh, Publisher::Bus(&bus), subscribers, 50, 500).await?),
+                    _ => rpc.push(aura_event_latency(&mesh, Publisher::Rpc, subscribers, 50, 500).await?),
+                }
+            }
+        }
+        let pcts =
+            |passes: &[Vec<f64>], p: f64| -> Vec<f64> { passes.iter().map(|v| percentile(v, p)).collect() };
+        let cell = |passes: &[Vec<f64>]| {
+            format!(
+                "{} / {}",
+                report::cell(&pcts(passes, 50.0), 2).replace("**", ""),
+                report::cell(&pcts(passes, 99.0), 2).replace("**", "")
+            )
+        };
+        let ratio = |passes: &[Vec<f64>]| {
+            let r: Vec<f64> = pcts(passes, 99.0).iter().zip(pcts(&raw, 99.0)).map(|(a, b)| a / b).collect();
+            report::ratio_cell(&r)
+        };
         println!(
-            "| events, {subscribers} subscriber(s): publish → delivery p50 / p99 ms on Events.Subscribe streams (gRPC), published in Redis as run events are vs raw Redis PUBLISH → SUBSCRIBE | {} vs {} (p99 ratio {:.1}×) |",
+            "| events, {subscribers} subscriber(s): publish → delivery p50 / p99 ms on Events.Subscribe streams (gRPC), published in Redis as run events are vs raw Redis PUBLISH → SUBSCRIBE ({pairs} passes) | {} vs {} (p99 ratio {}) |",
             cell(&in_redis),
             cell(&raw),
             ratio(&in_redis)
         );
         println!(
-            "| events, {subscribers} subscriber(s): the same, published by an Events.Publish RPC (one more gRPC round trip) | {} (p99 ratio {:.1}×) |",
+            "| events, {subscribers} subscriber(s): the same, published by an Events.Publish RPC (one more gRPC round trip) | {} (p99 ratio {}) |",
             cell(&rpc),
             ratio(&rpc)
         );
@@ -355,24 +348,28 @@ async fn main() -> anyhow::Result<()> {
     let pairs = env_usize("BENCH_LIMITER_PAIRS", 3);
     let lim_runs = env_usize("BENCH_LIMITER_RUNS", 6_400) / 64;
     let (mut on, mut off) = (Vec::new(), Vec::new());
-    for _ in 0..pairs {
-        for limited in [true, false] {
+    for pair in 0..pairs {
+        // Alternating which goes first, so a drift of the machine's speed during the pairs
+        // does not count against one of them.
+        let order = if pair % 2 == 0 { [true, false] } else { [false, true] };
+        for limited in order {
             let rate = fresh_mesh_concurrent(&redis.url(), limited, lim_runs).await?;
             if limited { on.push(rate) } else { off.push(rate) }
         }
     }
-    let ratios: Vec<f64> = on.iter().zip(&off).map(|(a, b)| a / b).collect();
+    let costs: Vec<f64> = on.iter().zip(&off).map(|(a, b)| (1.0 - a / b) * 100.0).collect();
+    let (cost, cost_min, cost_max) = report::summary(&costs);
     println!(
-        "| limiter: concurrent StartRun → succeeded, runs/s with / without the limiter ({} runs, {pairs} pairs, median) | {:.0} / {:.0} (cost {:.1}%) |",
+        "| limiter: concurrent StartRun → succeeded, runs/s with / without the limiter ({} runs, {pairs} pairs alternating which goes first, median; cost within each pair) | {:.0} / {:.0} (cost {cost:.1}%, {cost_min:.1}–{cost_max:.1}%) |",
         lim_runs * 64,
         report::summary(&on).0,
         report::summary(&off).0,
-        (1.0 - report::summary(&ratios).0) * 100.0
     );
-    let (ours, peer) = limiter_decisions(&redis).await?;
+    let (ours, peer, on_redis) = limiter_decisions(&redis).await?;
     println!(
-        "| limiter: decisions/s, RateLimiter::check from 50 tasks vs redis-benchmark -c 50 EVALSHA of the same script | {ours:.0} vs {peer:.0} ({:.2}×) |",
-        ours / peer
+        "| limiter: decisions/s, RateLimiter::check from 50 tasks vs redis-benchmark -c 50 EVALSHA of the same script (share of ours decided by the script on Redis; the rest spent leased tokens) | {ours:.0} vs {peer:.0} ({:.2}×; {:.1}% on Redis) |",
+        ours / peer,
+        on_redis * 100.0
     );
 
     // 7. memory, with each role in its own process.
@@ -572,6 +569,61 @@ async fn peer_from_env() -> Option<(std::path::PathBuf, String)> {
     }
 }
 
+/// StartRun → run.succeeded seen on a `Subscribe(runs.*)` stream open throughout, per run
+/// (ms, sorted), after 50 unmeasured runs.
+async fn listened_latency(gw: &mut GatewayClient<Channel>, n: usize) -> anyhow::Result<Vec<f64>> {
+    let mut listener = gw
+        .subscribe(pb::SubscribeRequest { patterns: vec!["runs.*".into()], ..Default::default() })
+        .await?
+        .into_inner();
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + 50 {
+        let t0 = Instant::now();
+        let run_id = gw.start_run(bench_run()).await?.into_inner().run.unwrap().run_id;
+        let topic = format!("runs.{run_id}");
+        while let Some(event) = listener.next().await {
+            let event = event?;
+            if event.topic == topic && event.r#type == "run.succeeded" {
+                break;
+            }
+        }
+        if i >= 50 {
+            samples.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples)
+}
+
+/// StartRun, then WatchRun → run.succeeded, per run (ms, sorted), after 50 unmeasured runs.
+async fn watched_latency(gw: &mut GatewayClient<Channel>, n: usize) -> anyhow::Result<Vec<f64>> {
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + 50 {
+        let t0 = Instant::now();
+        let run_id = gw.start_run(bench_run()).await?.into_inner().run.unwrap().run_id;
+        let mut stream = gw.watch_run(pb::WatchRunRequest { run_id }).await?.into_inner();
+        while let Some(event) = stream.next().await {
+            if event?.r#type == "run.succeeded" {
+                break;
+            }
+        }
+        if i >= 50 {
+            samples.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples)
+}
+
+/// One run of the one-step `bench` workflow.
+fn bench_run() -> pb::StartRunRequest {
+    pb::StartRunRequest {
+        workflow_name: "bench".into(),
+        input: json::json_to_struct(&serde_json::json!({"i": 1})),
+        ..Default::default()
+    }
+}
+
 async fn register_bench(gw: &mut GatewayClient<Channel>) -> anyhow::Result<()> {
     let wf = pb::WorkflowSpec {
         name: "bench".into(),
@@ -624,7 +676,9 @@ async fn fresh_mesh_concurrent(redis_url: &str, limited: bool, per_client: usize
 
 /// Decisions/s of `RateLimiter::check` (50 tasks, one bucket, always allowed) and of
 /// redis-benchmark sending EVALSHA of the same script with 50 connections.
-async fn limiter_decisions(redis: &RedisServer) -> anyhow::Result<(f64, f64)> {
+/// Also returns the share of the decisions made by the script on Redis (the rest spent
+/// tokens the limiter had leased ahead).
+async fn limiter_decisions(redis: &RedisServer) -> anyhow::Result<(f64, f64, f64)> {
     let conn = aura_common::redis::connect(&redis.url()).await?;
     let limit = aura_ratelimit::Limit { rps: 1_000_000_000, burst: 1_000_000_000 };
     let limiter = std::sync::Arc::new(aura_ratelimit::RateLimiter::new(
@@ -654,13 +708,15 @@ async fn limiter_decisions(redis: &RedisServer) -> anyhow::Result<(f64, f64)> {
         total += t.await?;
     }
     let ours = total as f64 / seconds;
+    let (on_redis, leased) = limiter.decision_counts();
+    let on_redis = on_redis as f64 / (on_redis + leased).max(1) as f64;
 
     let mut admin = admin_conn(&redis.url()).await?;
     let sha: String =
         redis::cmd("SCRIPT").arg("LOAD").arg(aura_ratelimit::GCRA_SOURCE).query_async(&mut admin).await?;
     let out = std::process::Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &redis.port().to_string(), "-c", "50", "-n", "300000", "-q"])
-        .args(["EVALSHA", &sha, "1", "bench:{rl}:b:peer:default", "0.001", "1000000000", "1"])
+        .args(["EVALSHA", &sha, "1", "bench:{rl}:b:peer:default", "0.001", "1000000000", "0", "1"])
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let peer = text
@@ -669,7 +725,7 @@ async fn limiter_decisions(redis: &RedisServer) -> anyhow::Result<(f64, f64)> {
         .and_then(|before| before.rsplit([' ', ':']).find(|w| !w.is_empty()))
         .and_then(|w| w.parse::<f64>().ok())
         .ok_or_else(|| anyhow::anyhow!("cannot read redis-benchmark's output: {text}"))?;
-    Ok((ours, peer))
+    Ok((ours, peer, on_redis))
 }
 
 /// The `aura` release binary next to this one (benchmarks/run.sh builds both), or $AURA_BIN.
