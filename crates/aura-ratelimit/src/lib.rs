@@ -3,7 +3,8 @@
 //! replica shares the same buckets and two replicas with a limit of R admit R, not 2R.
 //!
 //! # Layout
-//! - `limiter.rs`: [`RateLimiter`], the decision — Redis first; when Redis is unreachable,
+//! - `limiter.rs`: [`RateLimiter`], the decision — Redis first (concurrent calls of a bucket
+//!   in one script call; a busy bucket leases tokens ahead and spends them in process); when Redis is unreachable,
 //!   either an in-process limiter with the same quota (fail open to local limits, the
 //!   default) or UNAVAILABLE (fail closed). Buckets are a tenant's method group, or an
 //!   Envoy descriptor (the Gateway serves Envoy's rate limit service from the same limiter).

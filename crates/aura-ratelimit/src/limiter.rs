@@ -1,5 +1,6 @@
 //! The decision: a GCRA script on Redis (one call per batch of concurrent requests of a
-//! bucket), an in-process limiter when Redis is away.
+//! bucket, plus tokens leased ahead for a busy bucket's next requests), an in-process
+//! limiter when Redis is away.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -23,6 +24,16 @@ const REDIS_BUDGET: Duration = Duration::from_millis(250);
 
 /// How long a per-tenant override read from Redis is trusted.
 const OVERRIDE_TTL: Duration = Duration::from_secs(1);
+
+/// Most tokens one lease takes ahead (see [`Lease`]).
+const MAX_LEASE: u32 = 256;
+
+/// How long leased tokens may be spent; what is left then is dropped (taken from the
+/// bucket, never used). Short, so a bucket whose traffic stops loses little.
+const LEASE_TTL: Duration = Duration::from_millis(100);
+
+/// Leases kept before expired ones are swept (one per busy bucket).
+const LEASE_SWEEP_AT: usize = 1024;
 
 /// The decision script's source (benchmarks load it to compare with `redis-benchmark`).
 pub const GCRA_SOURCE: &str = include_str!("lua/gcra.lua");
@@ -112,13 +123,54 @@ pub struct RateLimiter {
     redis_down_until: Mutex<Option<Instant>>,
     /// Requests waiting for a bucket's decision call in flight (see `decide`).
     batches: Arc<Batches>,
+    /// Tokens leased ahead per bucket and quota (see [`Lease`]).
+    leases: Arc<Mutex<HashMap<(String, Quota), Lease>>>,
+    /// Decisions made by the script on Redis, and from leased tokens (for benchmarks).
+    decided: Arc<DecisionCounts>,
+}
+
+/// Decisions by where they were made.
+#[derive(Default)]
+struct DecisionCounts {
+    redis: std::sync::atomic::AtomicU64,
+    leased: std::sync::atomic::AtomicU64,
+}
+
+/// Tokens a busy bucket took from Redis ahead of its next requests. Under load a Redis
+/// round trip waits behind whatever else Redis runs (the queue's batch scripts: milliseconds),
+/// and every limited call would wait for one. So a decision call that finds demand (calls
+/// queued behind the previous one, or leased tokens spent since) also takes that many
+/// tokens more, and the next calls spend them here without a round trip, in order.
+/// Leased tokens are already taken from the global bucket, so replicas together still
+/// admit the limit once; near an empty bucket the script grants no lease (it needs twice
+/// the lease left) and every call is decided on Redis, one by one, as before.
+struct Lease {
+    /// Tokens left to spend.
+    tokens: u32,
+    /// The bucket's remaining tokens after the lease was taken: a call spending a leased
+    /// token reports `remaining = left + tokens still leased`, as if decided on Redis.
+    left: u32,
+    /// Until the bucket is full, as of the lease.
+    reset_after: Duration,
+    /// Tokens spent from it: the demand the next decision call leases for.
+    spent: u32,
+    expires: Instant,
+}
+
+impl Lease {
+    /// Spends `cost` tokens, if they are leased and the lease is current: the decision.
+    fn spend(&mut self, cost: u32, limit: u32, now: Instant) -> Option<Decision> {
+        if now >= self.expires || self.tokens < cost {
+            return None;
+        }
+        self.tokens -= cost;
+        self.spent += cost;
+        Some(Decision::Allow { limit, remaining: self.left + self.tokens, reset_after: self.reset_after })
+    }
 }
 
 /// Per bucket and quota: the requests (cost, answer) waiting for a decision call.
-type Batches = aura_common::group::Pending<(String, Quota), (u32, oneshot::Sender<Result<Reply, String>>)>;
-
-/// One request's decision from the script: allowed (0/1), remaining, retry µs, reset µs.
-type Reply = (i64, i64, i64, i64);
+type Batches = aura_common::group::Pending<(String, Quota), (u32, oneshot::Sender<Result<Decision, String>>)>;
 
 impl RateLimiter {
     /// A limiter with `default` per tenant and group, and `fail` while Redis is away.
@@ -133,7 +185,15 @@ impl RateLimiter {
             local: Mutex::default(),
             redis_down_until: Mutex::default(),
             batches: Arc::default(),
+            leases: Arc::default(),
+            decided: Arc::default(),
         }
+    }
+
+    /// Decisions made so far by the script on Redis, and from leased tokens.
+    pub fn decision_counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.decided.redis.load(Relaxed), self.decided.leased.load(Relaxed))
     }
 
     /// Per-method-group limits that replace the default for their group.
@@ -235,22 +295,29 @@ impl RateLimiter {
     /// decided in order by the same script. A tenant's burst of calls then costs Redis one
     /// round trip per batch instead of one per call, and an idle bucket waits for nothing.
     async fn decide(&self, key: &str, quota: Quota, cost: u32) -> Decision {
-        let (tx, rx) = oneshot::channel();
         let slot = (key.to_string(), quota);
+        let leased = {
+            let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            leases.get_mut(&slot).and_then(|lease| lease.spend(cost, quota.burst, Instant::now()))
+        };
+        if let Some(decision) = leased {
+            self.decided.leased.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return decision;
+        }
+        let (tx, rx) = oneshot::channel();
         if self.batches.push(&slot, (cost, tx)) {
             // Spawned, so a caller that gives up cannot strand the others' decisions.
-            tokio::spawn(drain(self.conn.clone(), self.batches.clone(), slot));
+            let drain = Drain {
+                conn: self.conn.clone(),
+                batches: self.batches.clone(),
+                leases: self.leases.clone(),
+                decided: self.decided.clone(),
+            };
+            tokio::spawn(drain.run(slot));
         }
         // The drain answers within its budget, or with why Redis could not decide.
-        let reply = rx.await.unwrap_or_else(|_| Err("the decision call was dropped".to_string()));
-        let micros = |us: i64| Duration::from_micros(us.max(0) as u64);
-        match reply {
-            Ok((1, remaining, _, reset_us)) => Decision::Allow {
-                limit: quota.burst,
-                remaining: remaining.clamp(0, i64::from(u32::MAX)) as u32,
-                reset_after: micros(reset_us),
-            },
-            Ok((_, _, retry_us, _)) => Decision::Deny { limit: quota.burst, retry_after: micros(retry_us) },
+        match rx.await.unwrap_or_else(|_| Err("the decision call was dropped".to_string())) {
+            Ok(decision) => decision,
             Err(err) => {
                 tracing::warn!(%err, "rate limiter cannot reach redis; deciding locally for a second");
                 *self.redis_down_until.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -295,36 +362,111 @@ impl RateLimiter {
     }
 }
 
-/// Runs a bucket's waiting requests, a call's worth at a time, until none wait.
-async fn drain(conn: RedisConn, batches: Arc<Batches>, slot: (String, Quota)) {
-    let quota = slot.1;
-    let interval_us = quota.per.as_secs_f64() * 1e6 / f64::from(quota.requests.max(1));
-    loop {
-        let batch = batches.take(&slot, MAX_BATCH);
-        if batch.is_empty() {
-            return;
-        }
-        let mut invocation = GCRA.key(&slot.0);
-        invocation.arg(interval_us).arg(quota.burst);
-        for (cost, _) in &batch {
-            invocation.arg(*cost);
-        }
-        let mut conn = conn.clone();
-        let call = invocation.invoke_async::<Vec<i64>>(&mut conn);
-        // A limiter must not make calls wait for a reconnecting Redis: past the budget it
-        // decides without Redis.
-        let replies = match tokio::time::timeout(REDIS_BUDGET, call).await {
-            Ok(Ok(flat)) if flat.len() == 4 * batch.len() => Ok(flat),
-            Ok(Ok(flat)) => Err(format!("{} values for {} decisions", flat.len(), batch.len())),
-            Ok(Err(err)) => Err(err.to_string()),
-            Err(_) => Err("no answer within the limiter's budget".to_string()),
-        };
-        for (i, (_, reply)) in batch.into_iter().enumerate() {
-            let decided = match &replies {
-                Ok(f) => Ok((f[4 * i], f[4 * i + 1], f[4 * i + 2], f[4 * i + 3])),
-                Err(err) => Err(err.clone()),
+/// What a bucket's drain task needs of the limiter.
+struct Drain {
+    conn: RedisConn,
+    batches: Arc<Batches>,
+    leases: Arc<Mutex<HashMap<(String, Quota), Lease>>>,
+    decided: Arc<DecisionCounts>,
+}
+
+impl Drain {
+    /// Runs a bucket's waiting requests, a call's worth at a time, until none wait: first
+    /// from the bucket's lease while it lasts (requests that queued while the lease was
+    /// being taken), the rest in one script call that also leases the demand seen.
+    async fn run(self, slot: (String, Quota)) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let quota = slot.1;
+        let interval_us = quota.per.as_secs_f64() * 1e6 / f64::from(quota.requests.max(1));
+        loop {
+            let mut batch = self.batches.take(&slot, MAX_BATCH);
+            if batch.is_empty() {
+                return;
+            }
+            // Spend what is leased, in arrival order; the demand since the last call (leased
+            // tokens spent, plus this batch) is what the next lease asks for.
+            // An expired lease says nothing of the demand now: it is dropped.
+            let mut demand = 0u32;
+            let mut from_lease = Vec::new();
+            {
+                let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                match leases.get_mut(&slot) {
+                    Some(lease) if now < lease.expires => {
+                        for (cost, _) in &batch {
+                            let Some(decision) = lease.spend(*cost, quota.burst, now) else { break };
+                            from_lease.push(decision);
+                        }
+                        demand = lease.spent;
+                    }
+                    Some(_) => {
+                        leases.remove(&slot);
+                    }
+                    None => {}
+                }
+            }
+            self.decided.leased.fetch_add(from_lease.len() as u64, Relaxed);
+            for ((_, reply), decision) in batch.drain(..from_lease.len()).zip(from_lease) {
+                let _ = reply.send(Ok(decision));
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let batch_cost: u32 = batch.iter().map(|(c, _)| *c).sum();
+            demand = demand.saturating_add(batch_cost);
+            // A lone call with nothing spent before it leases nothing: a caller that sends
+            // one call at a time gets exact decisions and wastes no tokens.
+            let want = if demand >= 2 { demand.min(MAX_LEASE) } else { 0 };
+            let mut invocation = GCRA.key(&slot.0);
+            invocation.arg(interval_us).arg(quota.burst).arg(want);
+            for (cost, _) in &batch {
+                invocation.arg(*cost);
+            }
+            let mut conn = self.conn.clone();
+            let call = invocation.invoke_async::<Vec<i64>>(&mut conn);
+            // A limiter must not make calls wait for a reconnecting Redis: past the budget it
+            // decides without Redis.
+            let replies = match tokio::time::timeout(REDIS_BUDGET, call).await {
+                Ok(Ok(flat)) if flat.len() == 4 * batch.len() + 3 => Ok(flat),
+                Ok(Ok(flat)) => Err(format!("{} values for {} decisions", flat.len(), batch.len())),
+                Ok(Err(err)) => Err(err.to_string()),
+                Err(_) => Err("no answer within the limiter's budget".to_string()),
             };
-            let _ = reply.send(decided);
+            let micros = |us: i64| Duration::from_micros(us.max(0) as u64);
+            if let Ok(f) = &replies {
+                let tail = 4 * batch.len();
+                let leased = f[tail].clamp(0, i64::from(u32::MAX)) as u32;
+                let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+                if leased > 0 {
+                    let now = Instant::now();
+                    if leases.len() >= LEASE_SWEEP_AT {
+                        leases.retain(|_, lease| lease.expires > now);
+                    }
+                    let lease = Lease {
+                        tokens: leased,
+                        left: f[tail + 1].clamp(0, i64::from(u32::MAX)) as u32,
+                        reset_after: micros(f[tail + 2]),
+                        spent: 0,
+                        expires: now + LEASE_TTL,
+                    };
+                    leases.insert(slot.clone(), lease);
+                } else {
+                    leases.remove(&slot);
+                }
+            }
+            self.decided.redis.fetch_add(batch.len() as u64, Relaxed);
+            for (i, (_, reply)) in batch.into_iter().enumerate() {
+                let decided = match &replies {
+                    Ok(f) if f[4 * i] == 1 => Ok(Decision::Allow {
+                        limit: quota.burst,
+                        remaining: f[4 * i + 1].clamp(0, i64::from(u32::MAX)) as u32,
+                        reset_after: micros(f[4 * i + 3]),
+                    }),
+                    Ok(f) => Ok(Decision::Deny { limit: quota.burst, retry_after: micros(f[4 * i + 2]) }),
+                    Err(err) => Err(err.clone()),
+                };
+                let _ = reply.send(decided);
+            }
         }
     }
 }

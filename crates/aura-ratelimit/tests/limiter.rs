@@ -108,3 +108,52 @@ async fn concurrent_requests_of_a_bucket_get_exactly_the_burst() {
     remaining.sort_unstable();
     assert_eq!(remaining, (0..50).collect::<Vec<u32>>());
 }
+
+/// A busy bucket spends tokens leased ahead instead of asking Redis for every call, yet two
+/// limiters (two gateway replicas) on one Redis still admit what the bucket holds once:
+/// leased tokens are taken from the shared bucket. Of 3,000 calls in waves of concurrent
+/// calls against a burst of 1,000 (refill far slower than the test), none passes beyond
+/// the burst, and at most the leases that ran out unspent are missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_tokens_never_admit_more_than_the_bucket_holds_across_replicas() {
+    let redis = RedisServer::start();
+    let limit = Limit { rps: 1, burst: 1000 };
+    let a = std::sync::Arc::new(limiter(&redis, limit, FailMode::Closed).await);
+    let b = std::sync::Arc::new(limiter(&redis, limit, FailMode::Closed).await);
+    let started = std::time::Instant::now();
+    let mut allowed = 0u32;
+    for _wave in 0..15 {
+        let calls = (0..200).map(|i| {
+            let l = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move { l.check("acme", "default", 1).await })
+        });
+        for d in futures::future::join_all(calls).await {
+            match d.unwrap() {
+                Decision::Allow { .. } => allowed += 1,
+                Decision::Deny { retry_after, .. } => assert!(retry_after > Duration::ZERO),
+                Decision::Unavailable => panic!("redis is up"),
+            }
+        }
+    }
+    let refilled = started.elapsed().as_secs() as u32 + 1;
+    assert!(allowed <= 1000 + refilled, "{allowed} calls passed a bucket of 1000");
+    // Two leases (one per limiter) of at most 256 tokens may have expired unspent.
+    assert!(allowed >= 1000 - 2 * 256, "only {allowed} of 1000 passed");
+    // (decided on Redis, spent leased tokens) per limiter
+    let (a_counts, b_counts) = (a.decision_counts(), b.decision_counts());
+    assert!(a_counts.1 + b_counts.1 > 0, "no call spent a leased token: {a_counts:?} {b_counts:?}");
+}
+
+/// One call at a time leases nothing: each is decided on Redis, exactly.
+#[tokio::test]
+async fn a_caller_sending_one_call_at_a_time_gets_exact_decisions() {
+    let redis = RedisServer::start();
+    let l = limiter(&redis, Limit { rps: 1, burst: 100 }, FailMode::Closed).await;
+    for i in 0..20u32 {
+        match l.check("acme", "default", 1).await {
+            Decision::Allow { remaining, .. } => assert_eq!(remaining, 99 - i),
+            other => panic!("call {i}: {other:?}"),
+        }
+    }
+    assert_eq!(l.decision_counts(), (20, 0));
+}
