@@ -123,6 +123,11 @@ fn load_section(c: usize) -> String {
     format!("load C={c}")
 }
 
+/// The allocator of the `aura` binary, so the services measured in this process run as
+/// they do there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();

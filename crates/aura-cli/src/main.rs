@@ -9,6 +9,13 @@ mod up;
 
 use clap::Parser;
 
+/// mimalloc rather than glibc's malloc: under load the services allocate from many tokio
+/// threads at once (h2 frames, protobuf messages, Redis replies), and a profile of the mesh
+/// with 64 clients showed glibc's malloc, free and arena-lock waits at about a sixth of its
+/// CPU (benchmarks/README.md has the A/B).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let cli = config::Cli::parse();

@@ -63,6 +63,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
+/// The allocator of the `aura` binary, so the services measured in this process run as
+/// they do there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // `benchmarks/callgrind.sh` runs only the transitions, against a redis-server it runs
