@@ -164,8 +164,9 @@ impl Lease {
             return None;
         }
         self.tokens -= cost;
-        self.spent += cost;
-        Some(Decision::Allow { limit, remaining: self.left + self.tokens, reset_after: self.reset_after })
+        self.spent = self.spent.saturating_add(cost);
+        let remaining = self.left.saturating_add(self.tokens);
+        Some(Decision::Allow { limit, remaining, reset_after: self.reset_after })
     }
 }
 
@@ -294,6 +295,8 @@ impl RateLimiter {
     /// the first goes at once, those arriving while it is in flight go together next, each
     /// decided in order by the same script. A tenant's burst of calls then costs Redis one
     /// round trip per batch instead of one per call, and an idle bucket waits for nothing.
+    /// A busy bucket's calls first spend the tokens leased ahead (see [`Lease`]), with no
+    /// call at all.
     async fn decide(&self, key: &str, quota: Quota, cost: u32) -> Decision {
         let slot = (key.to_string(), quota);
         let leased = {
