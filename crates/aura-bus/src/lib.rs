@@ -261,45 +261,83 @@ impl Bus {
         validate_topic(topic)?;
         let key = self.stream_key(topic);
         let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        pipe.get(format!("{key}:epoch"));
-        // An entry holds a batch of events and is keyed by its last number (publish.lua):
-        // the entries after "<n>-0" are those holding events after n.
-        let start = after.map_or_else(|| "-".to_string(), |o| format!("({}", o.stream_id()));
-        // Each entry holds at least one wanted event, so limit + 1 entries answer `more`.
-        pipe.cmd("XRANGE").arg(&key).arg(start).arg("+").arg("COUNT").arg(limit + 1);
-        let (epoch, range): (Option<String>, StreamRangeReply) = pipe.query_async(&mut conn).await?;
-        let epoch = epoch.unwrap_or_default();
-        let mut entries = range.ids.iter().map(|entry| entry_records(topic, &epoch, entry));
-        let mut events: Vec<EventRecord> = entries.next().transpose()?.unwrap_or_default();
-        if let Some(after) = after {
-            if epoch != after.epoch {
-                return Err(BusError::EpochChanged {
-                    topic: topic.to_string(),
-                    requested: after.epoch.clone(),
-                    current: epoch,
-                });
+        let Some(after) = after else {
+            // From the oldest retained event, whose number the first entry tells.
+            let mut pipe = redis::pipe();
+            pipe.get(format!("{key}:epoch"));
+            pipe.cmd("XRANGE").arg(&key).arg("-").arg("+").arg("COUNT").arg(1);
+            let (epoch, range): (Option<String>, StreamRangeReply) = pipe.query_async(&mut conn).await?;
+            let epoch = epoch.unwrap_or_default();
+            let mut events = match range.ids.first() {
+                Some(entry) => entry_records(topic, &epoch, entry)?,
+                None => return Ok((Vec::new(), false)),
+            };
+            let last = events.last().map_or(0, |e| e.offset.n);
+            if events.len() <= limit {
+                let (now, rest) = read_after(&mut conn, &key, topic, last, limit - events.len()).await?;
+                if now != epoch {
+                    // A new history began between the two reads: the caller's next page,
+                    // from these events' offsets, reports it (EpochChanged).
+                    return Ok((events, true));
+                }
+                events.extend(rest);
             }
-            // Numbers are contiguous and trimming removes the oldest entries: when the
-            // first entry after the offset starts past the next number, events the client
-            // never saw were trimmed (and that entry is the oldest retained).
-            if let Some(first) = events.first().map(|e| e.offset.n)
-                && first > after.n + 1
-            {
-                return Err(BusError::OutOfRange {
-                    requested: after.to_string(),
-                    oldest: Offset { epoch: epoch.clone(), n: first }.to_string(),
-                });
-            }
-            events.retain(|e| e.offset.n > after.n);
+            let more = events.len() > limit;
+            events.truncate(limit);
+            return Ok((events, more));
+        };
+        let (epoch, mut events) = read_after(&mut conn, &key, topic, after.n, limit).await?;
+        if epoch != after.epoch {
+            return Err(BusError::EpochChanged {
+                topic: topic.to_string(),
+                requested: after.epoch.clone(),
+                current: epoch,
+            });
         }
-        for rest in entries {
-            events.extend(rest?);
+        // Numbers are contiguous and trimming removes the oldest entries: when the first
+        // entry after the offset starts past the next number, events the client never saw
+        // were trimmed (and that entry is the oldest retained).
+        if let Some(first) = events.first().map(|e| e.offset.n)
+            && first > after.n + 1
+        {
+            return Err(BusError::OutOfRange {
+                requested: after.to_string(),
+                oldest: Offset { epoch, n: first }.to_string(),
+            });
         }
+        events.retain(|e| e.offset.n > after.n);
         let more = events.len() > limit;
         events.truncate(limit);
         Ok((events, more))
     }
+}
+
+/// The topic's epoch and the events of the stream entries that hold numbers n + 1 ..=
+/// n + want + 1 (one more than wanted, to tell whether more follow), in one round trip.
+/// An entry holds one or more events and is keyed by its last number (publish.lua), so
+/// these are the entries keyed within (n, n + want + 1], plus the first keyed after that,
+/// which holds the rest when an entry spans the end. What is read stays about `want`
+/// events however many an entry holds (a `workflows.<name>` entry holds hundreds).
+async fn read_after(
+    conn: &mut RedisConn,
+    key: &str,
+    topic: &str,
+    n: u64,
+    want: usize,
+) -> Result<(String, Vec<EventRecord>), BusError> {
+    let end = n + want as u64 + 1;
+    let mut pipe = redis::pipe();
+    pipe.get(format!("{key}:epoch"));
+    pipe.cmd("XRANGE").arg(key).arg(format!("({n}-0")).arg(format!("{end}-0"));
+    pipe.cmd("XRANGE").arg(key).arg(format!("({end}-0")).arg("+").arg("COUNT").arg(1);
+    let (epoch, within, next): (Option<String>, StreamRangeReply, StreamRangeReply) =
+        pipe.query_async(conn).await?;
+    let epoch = epoch.unwrap_or_default();
+    let mut events = Vec::new();
+    for entry in within.ids.iter().chain(&next.ids) {
+        events.extend(entry_records(topic, &epoch, entry)?);
+    }
+    Ok((epoch, events))
 }
 
 /// Indexes of `events` grouped by topic, topics in order of first appearance.

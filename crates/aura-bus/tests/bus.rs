@@ -351,3 +351,37 @@ async fn history_written_by_an_older_version_stays_readable() {
         assert_eq!((e.event_type.as_str(), e.offset.n, e.payload["i"].as_u64()), ("old", n, Some(n)));
     }
 }
+
+/// Paging through entries that each hold many events (as the `workflows.<name>` copies do):
+/// every page, from the start or from any offset, with a limit smaller or larger than an
+/// entry, continues exactly where the previous ended.
+#[tokio::test]
+async fn history_pages_through_entries_of_many_events() {
+    let redis = RedisServer::start();
+    let (bus, _hub) = setup(&redis, Retention::default()).await;
+    for call in 0..4 {
+        let batch: Vec<_> =
+            (0..50).map(|i| ("wide.t".to_string(), "e".to_string(), json!({"i": call * 50 + i}))).collect();
+        bus.publish_batch(&batch).await.unwrap();
+    }
+    for limit in [1usize, 7, 49, 50, 51, 60, 250] {
+        let (mut from, mut seen, mut pages) = (None::<Offset>, Vec::new(), 0);
+        loop {
+            let (page, more) = bus.history("wide.t", from.as_ref(), limit).await.unwrap();
+            assert!(page.len() <= limit, "limit {limit}");
+            seen.extend(page.iter().map(|e| e.payload["i"].as_u64().unwrap()));
+            pages += 1;
+            if !more {
+                break;
+            }
+            assert_eq!(page.len(), limit, "a page with more to come is full (limit {limit})");
+            from = page.last().map(|e| e.offset.clone());
+        }
+        assert_eq!(seen, (0..200).collect::<Vec<_>>(), "limit {limit}");
+        assert_eq!(pages, 200usize.div_ceil(limit).max(1), "limit {limit}");
+    }
+    let epoch = bus.epoch("wide.t").await.unwrap();
+    let (page, more) = bus.history("wide.t", Some(&Offset { epoch, n: 75 }), 30).await.unwrap();
+    let numbers: Vec<u64> = page.iter().map(|e| e.offset.n).collect();
+    assert_eq!((numbers, more), ((76..=105).collect::<Vec<_>>(), true));
+}
