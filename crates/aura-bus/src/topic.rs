@@ -107,14 +107,6 @@ pub struct Offset {
     pub n: u64,
 }
 
-impl Offset {
-    /// The Redis stream id an entry ending with this event would have (an entry holds a
-    /// batch of events and is keyed by its last one: see publish.lua).
-    pub fn stream_id(&self) -> String {
-        format!("{}-0", self.n)
-    }
-}
-
 impl fmt::Display for Offset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.epoch, self.n)
